@@ -1,0 +1,38 @@
+# `make test` and `make static` build the environment from nothing when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
+
+.PHONY: setup test static bench clean-venv
+
+setup: $(STAMP)
+
+# torch first, from the pinned version, then everything else under the same constraint so
+# that no resolver step can swap it for a multi-GB CUDA build.
+$(STAMP): pyproject.toml requirements.lock constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet -c constraints.txt -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest
+
+static: setup
+	$(BIN)/dvc repro static
+
+bench: setup
+	$(BIN)/python bench/models.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,47 @@
+"""A model's weights and the preset that built it, in one safetensors file."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .registry import build_model
+
+
+def save_model(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write the weights with the preset name and its resolved config as metadata.
+
+    The file appears under its final name only once complete (written aside, then renamed).
+    """
+    preset = getattr(model, "preset_name", None)
+    if preset is None:
+        raise ValueError("save_model needs a model made by build_model (it records the preset)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: tensor.detach().contiguous().cpu()
+               for name, tensor in model.state_dict().items()}
+    metadata = {"preset": preset, "config": json.dumps(model.preset_config, sort_keys=True)}
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, str(partial), metadata=metadata)
+    os.replace(partial, path)
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[str, dict]:
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if "preset" not in metadata or "config" not in metadata:
+        raise ValueError(f"{path} was not written by save_model: it names no preset/config")
+    return metadata["preset"], json.loads(metadata["config"])
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the preset recorded in the file and load its weights."""
+    preset, config = read_metadata(path)
+    model = build_model(preset, **config)
+    model.load_state_dict(load_file(str(path), device="cpu"))
+    return model.to(device)

@@ -1,0 +1,84 @@
+"""Static analysis stage: parameters, multiply-adds, FLOPs and samples/s per model.
+
+Reads the ``static`` section of params.yaml; command-line flags override it.
+    python -m pipelines.static [--models dice-xl dit-xl-2 dimr-xl-2r] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from dice_core.analysis.static import StaticReport, analyze
+from dice_core.config import DEFAULT_PARAMS, load_params
+from dice_core.models import get_preset
+from dice_core.text_table import format_table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS),
+                        help="params.yaml to read the 'static' section from")
+    parser.add_argument("--models", nargs="+", help="model presets (default: from params)")
+    parser.add_argument("--json", dest="output", help="write the reports to this JSON file")
+    parser.add_argument("--device", help="device for the samples/s measurement")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--ddpm-steps", type=int, help="N in 'samples/s at N DDPM steps'")
+    parser.add_argument("--timed-steps", type=int,
+                        help="time only this many steps and scale to --ddpm-steps")
+    parser.add_argument("--no-throughput", action="store_true",
+                        help="count parameters and multiply-adds only")
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """The params.yaml section, with the flags given on the command line laid over it."""
+    if args.models and not Path(args.params).exists():
+        section = {}
+    else:
+        section = load_params(args.params).static.model_dump()
+    flags = {key: getattr(args, key) for key in
+             ("models", "output", "device", "dtype", "batch_size", "ddpm_steps", "timed_steps")}
+    merged = {**section, **{key: value for key, value in flags.items() if value is not None}}
+    for name in merged["models"]:
+        get_preset(name)
+    return merged
+
+
+def report_table(reports: list[StaticReport]) -> str:
+    header = ["model", "trainable", "total", "GMACs", "GMACs w/o attn", "GFLOPs", "samples/s"]
+    cells = [[r.model, f"{r.trainable_params:,}", f"{r.total_params:,}",
+              f"{r.macs / 1e9:.2f}", f"{r.macs_without_attention / 1e9:.2f}",
+              f"{r.flops / 1e9:.2f}",
+              f"{r.throughput.samples_per_s:.4f}" if r.throughput else "-"]
+             for r in reports]
+    return format_table(header, cells)
+
+
+def run(args: argparse.Namespace) -> list[StaticReport]:
+    config = settings(args)
+    reports = []
+    for name in tqdm(config["models"], desc="static analysis", unit="model"):
+        reports.append(analyze(name, config.get("model_overrides"), config["device"],
+                               getattr(torch, config["dtype"]), config["batch_size"],
+                               config["ddpm_steps"], config["timed_steps"],
+                               measure_throughput=not args.no_throughput))
+    print(report_table(reports))
+    if config.get("output"):
+        output = Path(config["output"])
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps([r.as_dict() for r in reports], indent=2) + "\n")
+        print(f"wrote {output}")
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.cli import main as dice_main
+    return dice_main(["static", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Small helpers the tests share."""
+import torch
+
+TINY_MODELS = ["dice-t", "dit-t", "dimr-t"]
+PAPER_MODELS = ["dice-xl", "dit-xl-2", "dimr-xl-2r", "dimr-dice-paper"]
+
+
+def model_inputs(model, batch_size=2, seed=0):
+    """A noisy latent, timesteps and labels that fit ``model``."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, model.in_channels, model.input_size, model.input_size,
+                    generator=generator)
+    t = torch.randint(0, 1000, (batch_size,), generator=generator)
+    y = torch.randint(0, model.num_classes, (batch_size,), generator=generator)
+    return x, t, y
+
+
+def train_then_gradients(model, steps):
+    """Take ``steps`` AdamW steps on an MSE over the stages the model weights in its loss,
+    then return the gradients of one more backward pass.
+
+    adaLN-Zero and zero heads mean a parameter may get an exactly-zero gradient until the
+    zero-initialised layers after it have moved: a few steps are needed before all are live (five for the coarsest DICE stage).
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, t, y = model_inputs(model, batch_size=4)
+    weights = model.stage_loss_weights  # stages beyond the first are trained only if weighted
+    targets = [torch.randn_like(out) for out in model.forward_stages(x, t, y)[:len(weights)]]
+    for _ in range(steps + 1):
+        optimizer.zero_grad(set_to_none=True)
+        outputs = model.forward_stages(x, t, y)
+        sum(w * torch.nn.functional.mse_loss(out, target)
+            for w, out, target in zip(weights, outputs, targets)).backward()
+        grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+        optimizer.step()
+    return grads

@@ -1,0 +1,50 @@
+"""EMA of the weights, and saving/loading a model as safetensors."""
+import pytest
+import torch
+
+from dice_core.ema import create_ema
+from dice_core.models import build_model
+from dice_core.models.serialization import load_model, read_metadata, save_model
+from helpers import model_inputs, train_then_gradients
+
+
+def test_ema_first_update_copies_then_follows_the_decay_formula():
+    model = build_model("dice-t")
+    ema = create_ema(model, decay=0.9)
+    ema.update_parameters(model)
+    for averaged, live in zip(ema.module.parameters(), model.parameters()):
+        torch.testing.assert_close(averaged, live)
+
+    before = [p.detach().clone() for p in ema.module.parameters()]
+    train_then_gradients(model, 1)
+    ema.update_parameters(model)
+    for old, averaged, live in zip(before, ema.module.parameters(), model.parameters()):
+        torch.testing.assert_close(averaged, 0.9 * old + 0.1 * live.detach())
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_ema_decay_must_be_below_one():
+    with pytest.raises(ValueError, match="decay"):
+        create_ema(build_model("dice-t"), decay=1.0)
+
+
+@pytest.mark.parametrize("name", ["dice-t", "dit-t", "dimr-t"])
+def test_save_and_load_round_trip(tmp_path, name):
+    model = build_model(name, in_channels=3, num_classes=10)
+    train_then_gradients(model, 1)
+    path = tmp_path / "weights" / f"{name}.safetensors"
+    save_model(model, path)
+    assert read_metadata(path) == (name, model.preset_config)
+    restored = load_model(path)
+    assert restored.in_channels == 3 and restored.num_classes == 10
+    x, t, y = model_inputs(model)
+    torch.testing.assert_close(restored(x, t, y), model(x, t, y), rtol=0, atol=0)
+    assert not list(path.parent.glob("*.partial"))
+
+
+def test_loading_a_foreign_safetensors_file_is_refused(tmp_path):
+    from safetensors.torch import save_file
+    path = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(ValueError, match="not written by save_model"):
+        load_model(path)
