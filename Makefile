@@ -33,6 +33,7 @@ static: setup
 
 bench: setup
 	$(BIN)/python bench/models.py
+	$(BIN)/python bench/data.py
 
 clean-venv:
 	rm -rf $(VENV)

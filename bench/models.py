@@ -10,55 +10,18 @@ them alike; the median round is reported. Results go to bench/results/ with the 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from dice_core.benchmarking import device_name, write_record
+from dice_core.benchmarking import (device_name, make_train_step, synchronize, time_side_by_side,
+                                     write_record)
 from dice_core.models import build_model
 from dice_core.text_table import format_table
 
 TINY = {"dice": "dice-t", "dit": "dit-t", "dimr": "dimr-t"}
 PAPER = {"dice": "dice-xl", "dit": "dit-xl-2", "dimr": "dimr-xl-2r"}
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def make_step(model, batch_size: int, device: torch.device, dtype: torch.dtype | None):
-    generator = torch.Generator().manual_seed(0)
-    shape = (batch_size, model.in_channels, model.input_size, model.input_size)
-    x = torch.randn(shape, generator=generator).to(device)
-    t = torch.randint(0, 1000, (batch_size,), generator=generator).to(device)
-    y = torch.randint(0, model.num_classes, (batch_size,), generator=generator).to(device)
-    target = torch.randn((batch_size, model.out_channels) + shape[2:], generator=generator)
-    target = target.to(device)
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = torch.nn.functional.mse_loss(model(x, t, y).float(), target)
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-    return step
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_side_by_side(steps: dict, device: torch.device, rounds: int) -> dict[str, float]:
-    for step in steps.values():  # warm-up: allocator, kernels, autotuning
-        step()
-    seconds = {family: [] for family in steps}
-    for _ in range(rounds):
-        for family, step in steps.items():
-            synchronize(device)
-            start = time.perf_counter()
-            step()
-            synchronize(device)
-            seconds[family].append(time.perf_counter() - start)
-    return {family: statistics.median(values) for family, values in seconds.items()}
 
 
 def peak_memory_gib(model, step, device: torch.device) -> float:
@@ -79,7 +42,7 @@ def run_setting(presets: dict, batch_size: int, device: torch.device, rounds: in
         model = build_model(name).to(device)
         model.set_activation_checkpointing(checkpointing)
         models[family] = model
-    steps = {f: make_step(m, batch_size, device, dtype) for f, m in models.items()}
+    steps = {f: make_train_step(m, batch_size, device, dtype) for f, m in models.items()}
     medians = time_side_by_side(steps, device, rounds)
     rows = []
     for family, model in models.items():

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,3 +30,42 @@ def write_record(results_dir: Path, name: str, title: str, device: torch.device,
         f"# {title}\n\nDevice: {record['device']}, torch {record['torch']}, "
         f"{record['date']}\n\n```\n{table}\n```\n")
     return json_path
+
+
+def make_train_step(model, batch_size: int, device: torch.device, dtype: torch.dtype | None):
+    """One forward+backward of ``model`` on a fixed random batch (autocast to ``dtype``)."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (batch_size, model.in_channels, model.input_size, model.input_size)
+    x = torch.randn(shape, generator=generator).to(device)
+    t = torch.randint(0, 1000, (batch_size,), generator=generator).to(device)
+    y = torch.randint(0, model.num_classes, (batch_size,), generator=generator).to(device)
+    target = torch.randn((batch_size, model.out_channels) + shape[2:], generator=generator)
+    target = target.to(device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = torch.nn.functional.mse_loss(model(x, t, y).float(), target)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+    return step
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_side_by_side(steps: dict, device: torch.device, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each step, timed in interleaved rounds (A B C A B C ...) so
+    that a noisy, shared machine slows all of them alike."""
+    for step in steps.values():  # warm-up: allocator, kernels, autotuning
+        step()
+    seconds = {family: [] for family in steps}
+    for _ in range(rounds):
+        for family, step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            seconds[family].append(time.perf_counter() - start)
+    return {family: statistics.median(values) for family, values in seconds.items()}

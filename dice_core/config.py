@@ -35,9 +35,45 @@ class StaticParams(Section):
         return models
 
 
+class ShapesParams(Section):
+    """The procedural coloured-shapes source (tests and quick demos)."""
+    num_classes: int = Field(4, ge=1)
+    image_size: int = Field(32, ge=8)
+    count_per_class: dict[str, int] = Field(default_factory=lambda: {"train": 64, "val": 16})
+    seed: int = 0
+
+
+class PrepareParams(Section):
+    """Decode, ADM centre crop and resize to uint8 RGB image shards."""
+    source: Literal["fashion-mnist", "imagenet", "shapes"] = "fashion-mnist"
+    root: str | None = None
+    download_url: str | None = None
+    shapes: ShapesParams = Field(default_factory=ShapesParams)
+    splits: list[Literal["train", "val"]] = Field(default_factory=lambda: ["train"], min_length=1)
+    resolution: int = Field(32, ge=8)
+    limit_per_class: int | None = Field(None, ge=1)
+    shard_size: int = Field(1000, ge=1)
+    workers: int = Field(0, ge=0)
+    max_corrupt_fraction: float = Field(0.001, ge=0.0, le=1.0)
+    output: str = "data/prepared"
+
+
+class EncodeParams(Section):
+    """VAE moments (or pixels) of every prepared image and its mirror, as latent shards."""
+    encoder: Literal["pixels", "vae"] = "pixels"
+    vae: str = "stabilityai/sd-vae-ft-ema"
+    input: str = "data/prepared"
+    output: str = "data/latents"
+    batch_size: int = Field(64, ge=1)
+    device: str = "auto"
+    storage_dtype: Literal["float32", "float16"] = "float32"
+
+
 class Params(Section):
     seed: int = 42
     static: StaticParams
+    prepare: PrepareParams
+    encode: EncodeParams
 
 
 class ParamsError(ValueError):

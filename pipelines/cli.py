@@ -7,7 +7,7 @@ import sys
 from dice_core.config import ParamsError
 from dice_core.models import get_preset, list_models
 
-from . import static
+from . import encode, prepare, static
 
 
 def list_command(args: argparse.Namespace) -> None:
@@ -23,6 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
     static_parser = commands.add_parser("static", help="parameters, multiply-adds, samples/s")
     static.add_arguments(static_parser)
     static_parser.set_defaults(handler=static.run)
+
+    prepare_parser = commands.add_parser("prepare", help="decode, crop and shard the images")
+    prepare.add_arguments(prepare_parser)
+    prepare_parser.set_defaults(handler=prepare.run)
+
+    encode_parser = commands.add_parser("encode", help="encode image shards to latent shards")
+    encode.add_arguments(encode_parser)
+    encode_parser.set_defaults(handler=encode.run)
 
     models_parser = commands.add_parser("models", help="list the model presets")
     models_parser.add_argument("--family", choices=["dice", "dit", "dimr"])

@@ -34,3 +34,14 @@ def train_then_gradients(model, steps):
         grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
         optimizer.step()
     return grads
+
+
+def save_tiny_vae(folder):
+    """A random-weight AutoencoderKL (2 levels: 8x downsampling would need 4) saved where a
+    user's local VAE folder would be."""
+    from diffusers import AutoencoderKL
+    torch.manual_seed(0)
+    AutoencoderKL(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8,
+                  latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(folder)
+    return folder

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from .gaussian_diffusion import GaussianDiffusion, check_model_output, initial_noise
 from .schedule import space_timesteps
@@ -28,6 +27,9 @@ def make_scheduler(kind: str, betas: np.ndarray, num_steps: int):
     - "ddpm": ancestral sampling with the learned-range variance over IDDPM's respaced steps,
       the same chain as ``create_diffusion(str(N)).p_sample_loop``.
     """
+    # diffusers takes over a second to import: only the code that samples pays for it.
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
     betas = np.asarray(betas, dtype=np.float64)
     common = dict(num_train_timesteps=len(betas), trained_betas=betas,
                   prediction_type="epsilon")

@@ -1,0 +1,27 @@
+"""A stage's section of params.yaml with the command-line flags given laid over it."""
+from __future__ import annotations
+
+import argparse
+
+from pydantic import ValidationError
+
+from dice_core.config import DEFAULT_PARAMS, Params, ParamsError, load_params
+
+
+def add_params_argument(parser: argparse.ArgumentParser, section: str) -> None:
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS),
+                        help=f"params.yaml to read the '{section}' section from")
+
+
+def stage_params(args: argparse.Namespace, section: str, flags: dict) -> tuple[Params, object]:
+    """(all params, the section with every flag that is not None applied and re-validated)."""
+    params = load_params(args.params)
+    current = getattr(params, section)
+    given = {key: value for key, value in flags.items() if value is not None}
+    try:
+        updated = type(current).model_validate({**current.model_dump(), **given})
+    except ValidationError as error:
+        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: "
+                             f"{e['msg']}" for e in error.errors())
+        raise ParamsError(problems) from None
+    return params, updated
