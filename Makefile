@@ -34,6 +34,7 @@ static: setup
 bench: setup
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/data.py
+	$(BIN)/python bench/train.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -3,12 +3,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_PARAMS = Path("params.yaml")
+
+
+def _known_models(models: list[str]) -> list[str]:
+    from dice_core.models import get_preset
+    for name in models:
+        get_preset(name)
+    return models
+
+
+ModelNames = Annotated[list[str], AfterValidator(_known_models), Field(min_length=1)]
 
 
 class Section(BaseModel):
@@ -17,7 +27,7 @@ class Section(BaseModel):
 
 class StaticParams(Section):
     """Static analysis (Table 2): parameters, multiply-adds, FLOPs, samples/s."""
-    models: list[str] = Field(min_length=1)
+    models: ModelNames
     model_overrides: dict[str, int] = Field(default_factory=dict)
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
@@ -25,14 +35,6 @@ class StaticParams(Section):
     ddpm_steps: int = Field(250, ge=2)
     timed_steps: int | None = Field(None, ge=2)
     output: str = "results/static.json"
-
-    @field_validator("models")
-    @classmethod
-    def _known_models(cls, models: list[str]) -> list[str]:
-        from dice_core.models import get_preset
-        for name in models:
-            get_preset(name)
-        return models
 
 
 class ShapesParams(Section):
@@ -69,11 +71,58 @@ class EncodeParams(Section):
     storage_dtype: Literal["float32", "float16"] = "float32"
 
 
+class TrainParams(Section):
+    """One training loop for every model (DESIGN.md §4): DeepSpeed, locally or on Ray Train."""
+    models: ModelNames = Field(default_factory=lambda: ["dice-t", "dit-t", "dimr-t"])
+    data: str = "data/latents"
+    output: str = "runs"
+    steps: int = Field(35_000, ge=1)
+    global_batch: int = Field(128, ge=1)
+    micro_batch: int | None = Field(None, ge=1)   # per worker; None = no accumulation
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    ema_decay: float = Field(0.9999, ge=0, lt=1)
+    precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
+    activation_checkpointing: bool = True
+    zero_stage: int = Field(0, ge=0, le=2)   # stage 3 would hide forward_stages from ZeRO
+    initial_loss_scale_power: int = Field(16, ge=0, le=32)
+    log_every: int = Field(100, ge=1)
+    ckpt_every: int = Field(1000, ge=1)
+    eval_every: int = Field(5000, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_nonfinite_steps: int = Field(20, ge=1)
+    loader_workers: int = Field(1, ge=0)
+    device: str = "auto"
+    backend: Literal["local", "ray"] = "local"
+    workers: int = Field(1, ge=1)
+    ray_address: str | None = None   # None: start a local cluster; "auto" or "ray://host:port"
+    model_overrides: dict[str, float | int] = Field(default_factory=dict)
+
+
+class TrackingParams(Section):
+    """MLflow: where runs go. None = ./mlflow.db (sqlite); http://host:port = a server."""
+    uri: str | None = None
+    experiment: str = "dice"
+    log_images: bool = True
+    retry_seconds: float = Field(30.0, gt=0)   # how often an unreachable server is retried
+
+
+class EmissionsParams(Section):
+    """codecarbon's offline tracker, and the paper's GPU-hours x board power x grid estimate
+    (the defaults reproduce the paper's 200 GPU-hours -> 39.2 kg on an RTX 3090)."""
+    country_iso_code: str = "USA"
+    board_power_watts: float = Field(350.0, gt=0)
+    grid_g_per_kwh: float = Field(560.0, ge=0)
+
+
 class Params(Section):
     seed: int = 42
     static: StaticParams
     prepare: PrepareParams
     encode: EncodeParams
+    train: TrainParams
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
+    emissions: EmissionsParams = Field(default_factory=EmissionsParams)
 
 
 class ParamsError(ValueError):

@@ -5,9 +5,16 @@ import argparse
 import sys
 
 from dice_core.config import ParamsError
+from dice_core.training.errors import NonFiniteLoss
 from dice_core.models import get_preset, list_models
 
-from . import encode, prepare, static
+from . import encode, prepare, static, train
+
+
+STAGES = [(static, "parameters, multiply-adds, samples/s"),
+          (prepare, "decode, crop and shard the images"),
+          (encode, "encode image shards to latent shards"),
+          (train, "train the models (DeepSpeed, Ray Train)")]
 
 
 def list_command(args: argparse.Namespace) -> None:
@@ -20,17 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dice", description="DICE / DiT / DiMR pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    static_parser = commands.add_parser("static", help="parameters, multiply-adds, samples/s")
-    static.add_arguments(static_parser)
-    static_parser.set_defaults(handler=static.run)
-
-    prepare_parser = commands.add_parser("prepare", help="decode, crop and shard the images")
-    prepare.add_arguments(prepare_parser)
-    prepare_parser.set_defaults(handler=prepare.run)
-
-    encode_parser = commands.add_parser("encode", help="encode image shards to latent shards")
-    encode.add_arguments(encode_parser)
-    encode_parser.set_defaults(handler=encode.run)
+    for stage, summary in STAGES:
+        stage_parser = commands.add_parser(stage.__name__.rsplit(".", 1)[1], help=summary)
+        stage.add_arguments(stage_parser)
+        stage_parser.set_defaults(handler=stage.run)
 
     models_parser = commands.add_parser("models", help="list the model presets")
     models_parser.add_argument("--family", choices=["dice", "dit", "dimr"])
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (ParamsError, ValueError) as error:
+    except (ParamsError, ValueError, NonFiniteLoss) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from mlflow_server import MlflowServer
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -13,3 +14,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def _mlflow_server_process(tmp_path_factory):
+    with MlflowServer(tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server
+
+
+@pytest.fixture
+def mlflow_server(_mlflow_server_process):
+    """One real MLflow server for the session (it takes seconds to start), running when a test
+    begins even if an earlier test stopped it."""
+    return _mlflow_server_process.start()

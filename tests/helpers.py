@@ -20,7 +20,8 @@ def train_then_gradients(model, steps):
     then return the gradients of one more backward pass.
 
     adaLN-Zero and zero heads mean a parameter may get an exactly-zero gradient until the
-    zero-initialised layers after it have moved: a few steps are needed before all are live (five for the coarsest DICE stage).
+    zero-initialised layers after it have moved: a few steps are needed before all are live
+    (five for the coarsest DICE stage).
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, t, y = model_inputs(model, batch_size=4)
@@ -45,3 +46,26 @@ def save_tiny_vae(folder):
                   latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 2,
                   up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(folder)
     return folder
+
+
+def tiny_latents(root, *, num_classes, per_class, image_size, resolution, shard_size):
+    """Pixel-space latent shards of coloured shapes, made under ``root``; returns the folder."""
+    from dice_core.data import PixelEncoder, Shapes, encode_dataset, prepare_dataset
+    source = Shapes(num_classes=num_classes, image_size=image_size,
+                    count_per_class={"train": per_class}, seed=0)
+    prepare_dataset(source, root / "prepared", splits=["train"], resolution=resolution,
+                    shard_size=shard_size, progress=False)
+    encode_dataset(PixelEncoder(), root / "prepared", root / "latents", batch_size=64,
+                   progress=False)
+    return root / "latents"
+
+
+def copy_project(destination):
+    """The code and stage graph of this project, for a `dvc repro` in a scratch repository."""
+    import shutil
+    from pathlib import Path
+    project = Path(__file__).resolve().parents[1]
+    for item in ("dice_core", "pipelines"):
+        shutil.copytree(project / item, destination / item,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(project / "dvc.yaml", destination / "dvc.yaml")

@@ -1,7 +1,7 @@
 """The data stages as users run them: `dice prepare/encode`, `python -m`, `dvc repro`, and a
 stage killed with SIGKILL."""
+import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from dice_core.data import read_manifest, read_shard
+from dice_core.training.engine import child_process_env
+from helpers import copy_project
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -97,11 +99,7 @@ def test_a_stage_killed_with_sigkill_and_rerun_gives_complete_correct_shards(tmp
 
 @pytest.mark.slow
 def test_dvc_repro_runs_prepare_and_encode_and_only_what_a_parameter_touches(tmp_path):
-    for item in ("dice_core", "pipelines", "dvc.yaml"):
-        source = PROJECT / item
-        (shutil.copytree if source.is_dir() else shutil.copy)(
-            source, tmp_path / item, **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                        if source.is_dir() else {}))
+    copy_project(tmp_path)
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     params["prepare"].update(source="shapes", resolution=16, shard_size=4,
                              shapes={"num_classes": 2, "image_size": 16,
@@ -123,3 +121,37 @@ def test_dvc_repro_runs_prepare_and_encode_and_only_what_a_parameter_touches(tmp
     second = run(["dvc", "repro", "encode"], cwd=tmp_path).stdout
     assert "Running stage 'prepare'" not in second and "Running stage 'encode'" in second
     assert read_manifest(tmp_path / "data" / "latents")["storage_dtype"] == "float16"
+
+
+@pytest.mark.slow
+def test_dvc_repro_trains_the_matrix_and_a_longer_run_resumes(tmp_path):
+    copy_project(tmp_path)
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params["prepare"].update(source="shapes", resolution=8, shard_size=4,
+                             shapes={"num_classes": 2, "image_size": 8,
+                                     "count_per_class": {"train": 4}, "seed": 0})
+    params["encode"]["device"] = "cpu"
+    params["train"].update(models=["dit-t"], steps=2, global_batch=4, log_every=1,
+                           ckpt_every=2, eval_every=2, loader_workers=0, device="cpu")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = child_process_env()   # not the rank and port of an engine in this test process
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(PROJECT / ".cache" / "torch_extensions"))
+
+    def repro():
+        return subprocess.run(["dvc", "repro", "train"], cwd=tmp_path, check=True, text=True,
+                              capture_output=True,
+                              env={**env, "PATH": f"{BIN}{os.pathsep}{env['PATH']}"}).stdout
+
+    run(["git", "init", "-q"], cwd=tmp_path)
+    run(["dvc", "init", "-q"], cwd=tmp_path)
+    first = repro()
+    assert "Running stage 'train@dit-t'" in first
+    summary = json.loads((tmp_path / "runs" / "dit-t" / "summary.json").read_text())
+    assert summary["status"] == "FINISHED" and summary["steps"] == 2
+
+    params["train"]["steps"] = 4
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    second = repro()
+    assert "Running stage 'prepare'" not in second and "Running stage 'train@dit-t'" in second
+    hashes = (tmp_path / "runs" / "dit-t" / "input_hashes.rank0.txt").read_text().splitlines()
+    assert [line.split()[0] for line in hashes] == ["0", "1", "2", "3"]   # resumed, not redone

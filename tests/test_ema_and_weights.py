@@ -48,3 +48,17 @@ def test_loading_a_foreign_safetensors_file_is_refused(tmp_path):
     save_file({"w": torch.zeros(2)}, str(path))
     with pytest.raises(ValueError, match="not written by save_model"):
         load_model(path)
+
+
+def test_ema_stays_float32_and_moves_when_the_model_trains_in_bfloat16():
+    model = torch.nn.Linear(4, 4)
+    ema = create_ema(model, decay=0.9999)
+    ema.update_parameters(model)
+    model.bfloat16()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    before = ema.module.weight.clone()
+    ema.update_parameters(model)
+    assert ema.module.weight.dtype == torch.float32
+    moved = ema.module.weight - before
+    torch.testing.assert_close(moved, 1e-4 * (model.weight.float() - before))

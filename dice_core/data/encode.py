@@ -71,7 +71,8 @@ def encode_dataset(encoder, prepared_dir: str | Path, out_dir: str | Path, *, ba
     finally:
         bar.close()
     return builder.finish(
-        kind="latents", encoder=encoder.name, stochastic=encoder.stochastic,
+        kind="latents", encoder=encoder.name, encoder_source=getattr(encoder, "source", None),
+        stochastic=encoder.stochastic,
         scale_factor=encoder.scale_factor, latent_shape=list(latent_shape),
         storage_dtype=storage_dtype, resolution=resolution, source=prepared["source"],
         num_classes=prepared["num_classes"], class_names=prepared["class_names"])

@@ -106,3 +106,10 @@ def load_encoder(name: str, vae: str = DEFAULT_VAE, device: str = "auto"):
     if name == "vae":
         return VAEEncoder(vae, pick_device(device))
     raise DataError(f"unknown encoder {name!r}: use 'pixels' or 'vae'")
+
+
+def decoder_for(manifest: dict, device: str = "auto"):
+    """The encoder that wrote a latent shard set, to decode samples back to images."""
+    if manifest["encoder"] == "pixels":
+        return PixelEncoder(pick_device(device))
+    return VAEEncoder(manifest["encoder_source"], pick_device(device))

@@ -23,10 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..seeding import LATENT_NOISE, SAMPLE_ORDER, SHARD_ORDER, seeded_generator
 from .errors import DataError
 from .shards import read_manifest, read_shard
-
-SHARD_ORDER, SAMPLE_ORDER, BATCH_NOISE = 1, 2, 3
 
 
 class LatentBatch(NamedTuple):
@@ -34,11 +33,6 @@ class LatentBatch(NamedTuple):
     latents: torch.Tensor      # float32 (B, C, h, w), already times the scale factor
     labels: torch.Tensor       # int64 (B,)
     keys: list[str]
-
-
-def batch_generator(seed: int, index: int, rank: int) -> torch.Generator:
-    state = np.random.SeedSequence([seed, BATCH_NOISE, index, rank]).generate_state(1, np.uint64)
-    return torch.Generator().manual_seed(int(state[0]))
 
 
 class LatentShards(IterableDataset):
@@ -129,7 +123,7 @@ class LatentShards(IterableDataset):
         return keys, labels, moments
 
     def _batch(self, index: int, samples: list) -> LatentBatch:
-        generator = batch_generator(self.seed, index, self.rank)
+        generator = seeded_generator(self.seed, LATENT_NOISE, index, self.rank)
         moments = torch.from_numpy(np.stack([m for _, _, m in samples])).float()
         mirror = torch.rand(len(samples), generator=generator) < 0.5
         chosen = moments[torch.arange(len(samples)), mirror.long()]      # (B, M, C, h, w)

@@ -14,7 +14,7 @@ from .errors import DataError
 KINDS = ("circle", "square", "triangle", "cross", "diamond", "ring", "hexagon", "star")
 DEFAULT_COUNT_PER_CLASS = {"train": 64, "val": 16}
 # Part of identity(): bump it whenever a change to the drawing changes the images.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 class Shapes:
@@ -60,7 +60,7 @@ class Shapes:
         colour = (background + rng.integers(97, 160, 3)) % 256
         size = self.image_size
         radius = rng.uniform(0.2, 0.4) * size
-        cx, cy = rng.uniform(radius + 1, size - 1 - radius, 2)
+        cx, cy = rng.uniform(radius, size - radius, 2)   # inside the frame at any size
         image = Image.new("RGB", (size, size), tuple(int(c) for c in background))
         _draw_shape(ImageDraw.Draw(image), KINDS[label], cx, cy, radius,
                     tuple(int(c) for c in colour))

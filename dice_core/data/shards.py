@@ -90,7 +90,8 @@ def group_files(entries) -> list[tuple[str, dict[str, bytes]]]:
     return samples
 
 
-def read_shard(path: str | os.PathLike, record: dict) -> list[tuple[str, int, dict[str, np.ndarray]]]:
+def read_shard(path: str | os.PathLike,
+               record: dict) -> list[tuple[str, int, dict[str, np.ndarray]]]:
     """Reads one shard after checking its size and checksum against its manifest record.
 
     Returns (key, label, arrays) per sample, in the shard's order.

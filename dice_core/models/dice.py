@@ -39,7 +39,9 @@ class DiceBlock(nn.Module):
         super().__init__()
         self.dwconv_left = nn.Conv2d(channels, channels, 7, padding=3, groups=channels)
         self.dwconv_right = nn.Conv2d(channels, channels, 7, padding=3, groups=channels)
-        self.lam = nn.Parameter(torch.ones(()))
+        # shape (1,), not a scalar: DeepSpeed broadcasts parameters as byte views, which a
+        # 0-dim half-precision tensor cannot give
+        self.lam = nn.Parameter(torch.ones(1))
         self.norm = nn.LayerNorm(channels, elementwise_affine=False, eps=1e-6)
         hidden = int(channels * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(),

@@ -1,0 +1,177 @@
+"""Training throughput through the real DeepSpeed engine: images/s and peak memory.
+
+CPU: the tiny presets at global batch 128 in fp32, the three engines built in one process and
+timed in interleaved rounds, reported with the DICE/DiT and DiMR/DiT ratios; peak memory is
+how far a fresh process's resident memory rises while it builds the engine and runs two
+steps (one child process per model).
+GPU (when there is one): the paper presets at global batch 128 in fp16 with activation
+checkpointing, micro-batch 128 (no accumulation), with peak GPU memory and whether it fits the
+24 GB of the paper's RTX 3090; one model at a time is on the device, so these ratios come from
+back-to-back rather than interleaved timing.
+
+    python bench/train.py [--rounds 3] [--gpu-micro-batch 128]
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from dice_core.benchmarking import device_name, synchronize, time_side_by_side, write_record
+from dice_core.diffusion import create_diffusion
+from dice_core.models import build_model
+from dice_core.text_table import format_table
+from dice_core.training.engine import (child_process_env, deepspeed_config,
+                                       initialize_engine, model_dtype, resolve_precision)
+from dice_core.training.layout import batch_layout
+from dice_core.training.loop import PrecisionAdapter
+from dice_core.training.optim import FiniteAdamW
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GLOBAL_BATCH = 128
+TINY = ["dice-t", "dit-t", "dimr-t"]
+PAPER = ["dice-xl", "dit-xl-2", "dimr-xl-2r"]
+RTX_3090_GIB = 24.0
+
+
+def engine_step(name: str, device: torch.device, micro_batch: int, precision: str,
+                checkpointing: bool):
+    """One optimiser step (forward, backward, AdamW) of the hybrid loss, as training runs it."""
+    torch.manual_seed(0)
+    model = build_model(name).to(device)
+    model.set_activation_checkpointing(checkpointing)
+    layout = batch_layout(GLOBAL_BATCH, micro_batch, 1)
+    engine = initialize_engine(model, FiniteAdamW(model.parameters(), lr=1e-4),
+                               deepspeed_config(layout, precision, 0, 16))
+    adapter = PrecisionAdapter(engine, model_dtype(precision))
+    diffusion = create_diffusion(timestep_respacing="")
+    generator = torch.Generator().manual_seed(0)
+    shape = (micro_batch, model.in_channels, model.input_size, model.input_size)
+    x0 = torch.randn(shape, generator=generator).to(device)
+    t = torch.randint(0, 1000, (micro_batch,), generator=generator).to(device)
+    y = torch.randint(0, model.num_classes, (micro_batch,), generator=generator).to(device)
+
+    def step() -> None:
+        for _ in range(layout.accumulation):
+            loss = diffusion.training_losses(adapter, x0, t, {"y": y})["loss"].mean()
+            engine.backward(loss)
+            engine.step()
+    return engine, step
+
+
+def rss_growth_gib(name: str, steps: int = 2) -> float:
+    """Peak resident memory above the level before the model was built, while building the
+    engine and running ``steps`` steps (sampled every 2 ms; this process only)."""
+    process = psutil.Process()
+    baseline = process.memory_info().rss
+    peak = baseline
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, process.memory_info().rss)
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, step = engine_step(name, torch.device("cpu"), GLOBAL_BATCH, "fp32", False)
+    for _ in range(steps):
+        step()
+    done.set()
+    sampler.join()
+    return (peak - baseline) / 2**30
+
+
+def cpu_peak_gib(name: str) -> float:
+    """``rss_growth_gib`` in a fresh process, so that no other model's memory is counted."""
+    output = subprocess.run([sys.executable, __file__, "--measure-rss", name],
+                            capture_output=True, text=True, check=True,
+                            env=child_process_env()).stdout.split()
+    return float(output[-1])
+
+
+def gpu_peak_gib(step, device: torch.device) -> float:
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def measure(names: list[str], device: torch.device, micro_batch: int, precision: str,
+            checkpointing: bool, rounds: int) -> list[dict]:
+    if device.type == "cuda":
+        # one paper-size engine at a time: each is measured alone on the device
+        seconds, peaks = {}, {}
+        for name in names:
+            engine, step = engine_step(name, device, micro_batch, precision, checkpointing)
+            peaks[name] = gpu_peak_gib(step, device)
+            seconds.update(time_side_by_side({name: step}, device, rounds))
+            del engine, step
+            torch.cuda.empty_cache()
+    else:
+        steps = {name: engine_step(name, device, micro_batch, precision, checkpointing)[1]
+                 for name in names}
+        seconds = time_side_by_side(steps, device, rounds)
+        peaks = {name: cpu_peak_gib(name) for name in names}
+    baseline = next(n for n in names if n.startswith("dit"))
+    return [{"model": name, "device": str(device), "precision": precision,
+             "global_batch": GLOBAL_BATCH, "micro_batch": micro_batch,
+             "activation_checkpointing": checkpointing, "step_seconds": seconds[name],
+             "images_per_s": GLOBAL_BATCH / seconds[name],
+             "time_ratio_to_dit": seconds[name] / seconds[baseline],
+             "peak_memory_gib": peaks[name],
+             "memory_kind": "cuda max allocated" if device.type == "cuda" else "RSS growth",
+             **({"fits_rtx_3090": peaks[name] < RTX_3090_GIB} if device.type == "cuda" else {})}
+            for name in names]
+
+
+def table(rows: list[dict]) -> str:
+    return format_table(
+        ["model", "precision", "micro", "ckpt", "img/s", "x DiT time", "peak GiB", "fits 24G"],
+        [[r["model"], r["precision"], r["micro_batch"],
+          "on" if r["activation_checkpointing"] else "off", f"{r['images_per_s']:.1f}",
+          f"{r['time_ratio_to_dit']:.2f}", f"{r['peak_memory_gib']:.2f}",
+          {True: "yes", False: "NO"}.get(r.get("fits_rtx_3090"), "-")] for r in rows])
+
+
+def report(rows: list[dict], device: torch.device) -> None:
+    print(table(rows))
+    path = write_record(RESULTS, "train", "train: DeepSpeed step", device, rows, table(rows))
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--gpu-micro-batch", type=int, default=GLOBAL_BATCH)
+    parser.add_argument("--measure-rss", metavar="MODEL", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure_rss:
+        print(rss_growth_gib(args.measure_rss))
+        return
+
+    cpu = torch.device("cpu")
+    rows = measure(TINY, cpu, GLOBAL_BATCH, "fp32", False, args.rounds)
+    print(f"CPU ({device_name(cpu)}): tiny presets, DeepSpeed fp32, global batch {GLOBAL_BATCH}")
+    report(rows, cpu)
+
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        precision = resolve_precision("auto", gpu)
+        rows = measure(PAPER, gpu, args.gpu_micro_batch, precision, True, args.rounds)
+        print(f"\nGPU ({device_name(gpu)}): paper presets, {precision}, activation checkpointing")
+        report(rows, gpu)
+    else:
+        print("\nno CUDA device: the paper-preset fp16 rows need a GPU and were not measured")
+
+
+if __name__ == "__main__":
+    main()

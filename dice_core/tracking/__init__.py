@@ -1,0 +1,22 @@
+"""Experiment tracking: MLflow runs that survive an unreachable server, and emissions."""
+from .emissions import (
+    METRIC_NAMES as EMISSIONS_METRIC_NAMES,
+    PAPER_BOARD_POWER_WATTS,
+    PAPER_GRID_G_PER_KWH,
+    EmissionsMeter,
+    paper_estimate_kg,
+    total_emissions,
+)
+from .mlflow_tracker import RunTracker, flatten_params, open_parent_run
+
+__all__ = [
+    "EMISSIONS_METRIC_NAMES",
+    "EmissionsMeter",
+    "PAPER_BOARD_POWER_WATTS",
+    "PAPER_GRID_G_PER_KWH",
+    "RunTracker",
+    "flatten_params",
+    "open_parent_run",
+    "paper_estimate_kg",
+    "total_emissions",
+]

@@ -1,0 +1,44 @@
+"""Writes that survive a crash: appends that reach the disk, and files replaced whole."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line and fsync, so that it is on disk when this returns."""
+    with open(path, "a", encoding="utf-8") as stream:
+        stream.write(line + "\n")
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``: readers see the old file or the new one, never a part."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", encoding="utf-8") as stream:
+        stream.write(text)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(partial, path)
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when there is no such file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync a file, or every file under a folder."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for file in files:
+        with open(file, "rb") as stream:
+            os.fsync(stream.fileno())

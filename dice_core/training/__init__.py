@@ -1,0 +1,8 @@
+"""The training engine: one loop for every model, DeepSpeed inside, locally or on Ray Train."""
+from .checkpoint import CheckpointMismatch, CheckpointStore, ema_weights_path
+from .errors import NonFiniteLoss
+from .layout import BatchLayout, batch_layout
+from .loop import Worker, train_model
+
+__all__ = ["BatchLayout", "CheckpointMismatch", "CheckpointStore", "NonFiniteLoss", "Worker",
+           "batch_layout", "ema_weights_path", "train_model"]

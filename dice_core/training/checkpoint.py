@@ -1,0 +1,118 @@
+"""Atomic training checkpoints: DeepSpeed's engine state (weights, optimiser, loss scale), the
+EMA weights and the loop's own state, under ``<run>/checkpoints/step-NNNNNNN``.
+
+A checkpoint is written under ``step-NNNNNNN.partial`` and renamed when every rank has
+finished, then ``latest.json`` is replaced to point at it; a run killed at any moment leaves
+either the previous checkpoint or the new one as the latest, never a half-written one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from dice_core.models.serialization import save_model
+
+LATEST = "latest.json"
+EMA_FILE = "ema.safetensors"
+STATE_FILE = "state.json"
+
+
+class CheckpointMismatch(ValueError):
+    pass
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+def differences(saved: dict, current: dict) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [f"{key}: checkpoint has {saved.get(key)!r}, this run has {current.get(key)!r}"
+            for key in keys if saved.get(key) != current.get(key)]
+
+
+class CheckpointStore:
+    def __init__(self, run_dir: str | os.PathLike, rank: int = 0, keep: int = 2):
+        self.folder = Path(run_dir) / "checkpoints"
+        self.rank, self.keep = rank, keep
+
+    def latest(self) -> dict | None:
+        path = self.folder / LATEST
+        if not path.is_file():
+            return None
+        latest = json.loads(path.read_text())
+        return latest if (self.folder / latest["tag"]).is_dir() else None
+
+    def save(self, engine, ema, state: dict) -> Path:
+        """All ranks call this; ``state`` (JSON) holds the step and the run's signature."""
+        tag = f"step-{state['step']:07d}"
+        partial = self.folder / f"{tag}.partial"
+        if self.rank == 0:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(partial, ignore_errors=True)
+        barrier()
+        engine.save_checkpoint(str(self.folder), tag=partial.name, save_latest=False)
+        if self.rank == 0:
+            save_model(ema.module, partial / EMA_FILE)
+            write_json_atomic(partial / STATE_FILE,
+                              {**state, "ema_updates": int(ema.n_averaged.item())})
+        barrier()
+        final = self.folder / tag
+        if self.rank == 0:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(partial, final)
+            write_json_atomic(self.folder / LATEST, {"tag": tag, "step": state["step"]})
+            self._prune()
+        barrier()
+        return final
+
+    def _prune(self) -> None:
+        finished = sorted(p for p in self.folder.glob("step-*") if not p.name.endswith(".partial"))
+        for old in finished[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, engine, ema, signature: dict) -> dict | None:
+        """Restores the latest checkpoint into ``engine`` and ``ema``; returns its state, or
+        None when there is none. Refuses one written for another model or configuration."""
+        latest = self.latest()
+        if latest is None:
+            return None
+        folder = self.folder / latest["tag"]
+        state = json.loads((folder / STATE_FILE).read_text())
+        problems = differences(state["signature"], signature)
+        if problems:
+            raise CheckpointMismatch(
+                f"the checkpoint in {folder} was written for another run:\n  "
+                + "\n  ".join(problems)
+                + "\nUse another train.output folder for this configuration, or delete "
+                f"{self.folder.parent} to start this one afresh.")
+        loaded, _ = engine.load_checkpoint(str(self.folder), tag=latest["tag"],
+                                           load_optimizer_states=True,
+                                           load_lr_scheduler_states=False)
+        if loaded is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {folder}")
+        ema.module.load_state_dict(load_file(str(folder / EMA_FILE)))
+        ema.n_averaged.fill_(state["ema_updates"])
+        return state
+
+
+def ema_weights_path(run_dir: str | os.PathLike) -> Path | None:
+    """The EMA weights of the latest checkpoint (a ``load_model`` file)."""
+    store = CheckpointStore(run_dir)
+    latest = store.latest()
+    return None if latest is None else store.folder / latest["tag"] / EMA_FILE

@@ -1,0 +1,133 @@
+"""The training loop on Ray Train: ``train.workers`` workers, DeepSpeed over the process group
+that TorchTrainer sets up, every checkpoint also reported to Ray's storage
+(``<train.output>/ray/<model>``), from which a re-run resumes when the run folder has lost it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from dice_core.config import Params
+
+from .checkpoint import LATEST, STATE_FILE, CheckpointStore, barrier, write_json_atomic
+from .loop import Worker, train_model
+
+
+def train_with_ray(params: Params, model_name: str, parent_run_id: str | None) -> dict:
+    """Trains ``model_name`` on Ray (resuming its run) and returns rank 0's summary. A worker's
+    error is raised here as the worker raised it."""
+    train = params.train
+    if train.ray_address is None:
+        # Read when ray is first imported: a cluster started here then listens on 127.0.0.1.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    output = Path(train.output).resolve()
+    config = {"params": params.model_dump(mode="json"), "model": model_name,
+              "parent_run_id": parent_run_id, "cwd": os.getcwd()}
+    with ray_connection(train.ray_address, train.workers):
+        trainer = TorchTrainer(
+            train_loop_per_worker, train_loop_config=config,
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=train.workers, use_gpu=wants_gpus(train.device)),
+            run_config=ray.train.RunConfig(
+                name=model_name, storage_path=str(output / "ray"),
+                checkpoint_config=ray.train.CheckpointConfig(
+                    num_to_keep=train.keep_checkpoints)))
+        try:
+            trainer.fit()
+        except ray.train.TrainingFailedError as error:
+            failure = worker_failure(error)
+            if failure is None:
+                raise
+            raise failure from error
+    return json.loads((output / model_name / "summary.json").read_text())
+
+
+@contextmanager
+def ray_connection(address: str | None, workers: int):
+    """Uses the Ray this process is already connected to, connects to ``address`` ("auto",
+    "host:port", "ray://host:port"), or starts a local cluster (``address`` None); undoes only
+    what it did."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    temp_dir = None
+    if address is None:
+        # A short path: Ray's unix sockets live under it.
+        temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+        ray.init(include_dashboard=False, num_cpus=max(workers, os.cpu_count() or 1),
+                 _temp_dir=temp_dir)
+    else:
+        ray.init(address=address)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wants_gpus(device: str) -> bool:
+    """``auto`` follows the cluster, which may have GPUs where this process has none."""
+    import ray
+
+    if device == "auto":
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return device.startswith("cuda")
+
+
+def worker_failure(error) -> Exception | None:
+    """What the lowest failing rank raised (Ray keeps its type); None for a controller error."""
+    failures = getattr(error, "worker_failures", None)
+    return failures[min(failures)] if failures else None
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One worker: its rank and device from Ray, then the loop the local backend runs."""
+    import ray.train
+    import ray.train.torch
+
+    params = Params.model_validate(config["params"])
+    model_name = config["model"]
+    # Ray starts workers in its own folder; relative paths in params mean the caller's.
+    os.chdir(config["cwd"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    # initialize_engine keeps a RANK it finds, so DeepSpeed joins TorchTrainer's process group.
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(context.get_local_rank()))
+
+    run_dir = Path(params.train.output) / model_name
+    if rank == 0:
+        restore_checkpoint(ray.train.get_checkpoint(), run_dir)
+    barrier()
+
+    def report(path: Path, metrics: dict) -> None:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(path),
+                         checkpoint_dir_name=path.name)
+
+    train_model(params, model_name, Worker(rank, world_size, ray.train.torch.get_device(),
+                                           config["parent_run_id"], on_checkpoint=report))
+
+
+def restore_checkpoint(checkpoint, run_dir: Path) -> None:
+    """Copies Ray's latest checkpoint into a run folder that has none, where the loop resumes
+    from it."""
+    store = CheckpointStore(run_dir)
+    if checkpoint is None or store.latest() is not None:
+        return
+    tag = Path(checkpoint.path).name
+    partial = store.folder / f"{tag}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    checkpoint.to_directory(str(partial))
+    step = json.loads((partial / STATE_FILE).read_text())["step"]
+    shutil.rmtree(store.folder / tag, ignore_errors=True)
+    os.replace(partial, store.folder / tag)
+    write_json_atomic(store.folder / LATEST, {"tag": tag, "step": step})

@@ -1,0 +1,63 @@
+"""Runs the training loop for a list of models, locally or on Ray Train, under one parent
+MLflow run per pipeline (per ``train.output`` folder)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dice_core.config import Params
+from dice_core.data import read_manifest
+from dice_core.data.encoders import pick_device
+from dice_core.tracking import RunTracker, open_parent_run, total_emissions
+
+from .engine import resolve_precision
+from .layout import batch_layout
+from .loop import Worker, train_model
+
+
+def parent_tracker(params: Params) -> RunTracker:
+    return open_parent_run(params.tracking.uri, params.tracking.experiment,
+                           Path(params.train.output) / "pipeline" / "tracking",
+                           run_name="pipeline", tags={"kind": "pipeline"},
+                           retry_seconds=params.tracking.retry_seconds)
+
+
+def preflight(params: Params) -> None:
+    """Everything that can be refused before any work starts."""
+    train = params.train
+    batch_layout(train.global_batch, train.micro_batch, train.workers)
+    resolve_precision(train.precision, pick_device(train.device))
+    if train.backend == "local" and train.workers != 1:
+        raise ValueError("train.workers > 1 needs train.backend: ray")
+    manifest = read_manifest(train.data)
+    if manifest.get("kind") != "latents":
+        raise ValueError(f"train.data = {train.data} holds no latents; point it at the encode "
+                         "stage's output")
+
+
+def train_models(params: Params, models: list[str]) -> list[dict]:
+    preflight(params)
+    train = params.train
+    parent = parent_tracker(params)
+    summaries = []
+    try:
+        for name in models:
+            if train.backend == "ray":
+                from .ray_backend import train_with_ray
+                summaries.append(train_with_ray(params, name, parent.run_id))
+            else:
+                summaries.append(train_model(params, name, Worker(parent_run_id=parent.run_id)))
+        parent.log_metrics(pipeline_totals(params), step=0)
+    finally:
+        parent.close()
+    return summaries
+
+
+def pipeline_totals(params: Params) -> dict:
+    """Emissions summed over every model of train.models that has finished a run so far."""
+    runs = []
+    for name in params.train.models:
+        path = Path(params.train.output) / name / "summary.json"
+        if path.is_file():
+            runs.append(json.loads(path.read_text()).get("emissions", {}))
+    return {f"total/{key}": value for key, value in total_emissions(runs).items()}

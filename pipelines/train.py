@@ -1,0 +1,61 @@
+"""Train stage: one run per model, under one parent MLflow run for the pipeline.
+
+Reads the ``train``, ``tracking`` and ``emissions`` sections of params.yaml; flags override.
+    python -m pipelines.train [--model dice] [--steps N] [--backend ray --workers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from dice_core.models import get_preset
+from dice_core.training.runner import train_models
+
+from .stage_params import add_params_argument, stage_params
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_params_argument(parser, "train")
+    parser.add_argument("--model", action="append",
+                        help="a preset (dice-t) or a family (dice) among train.models; "
+                             "repeatable; default: every model in train.models")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--output", help="folder of the runs (one sub-folder per model)")
+    parser.add_argument("--backend", choices=["local", "ray"])
+    parser.add_argument("--workers", type=int, help="Ray Train workers")
+    parser.add_argument("--ray-address", help="auto, ray://host:port; default: a local cluster")
+    parser.add_argument("--device", help="auto, cpu, cuda")
+
+
+def select_models(requested: list[str] | None, configured: list[str]) -> list[str]:
+    """Presets as given; a family name picks that family's model from train.models."""
+    if not requested:
+        return list(configured)
+    chosen = []
+    for name in requested:
+        matches = [m for m in configured if get_preset(m).family == name] or [
+            get_preset(name).name]
+        if len(matches) > 1:
+            raise ValueError(f"--model {name} matches {matches} in train.models; name one")
+        chosen.extend(matches)
+    return chosen
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    params, train = stage_params(args, "train", {
+        "steps": args.steps, "output": args.output, "backend": args.backend,
+        "workers": args.workers, "ray_address": args.ray_address, "device": args.device})
+    params = params.model_copy(update={"train": train})
+    summaries = train_models(params, select_models(args.model, train.models))
+    print(json.dumps(summaries, indent=2))
+    return summaries
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.cli import main as dice_main
+    return dice_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The training loop on Ray Train: two workers on a local cluster and on one started beforehand,
+checkpoints reported to Ray's storage, and a re-run that resumes from them."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dice_core.config import Params
+from dice_core.data import DataError
+from dice_core.training.ray_backend import restore_checkpoint, train_with_ray
+from helpers import tiny_latents
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "dit-t"
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+# Ray reads these when it is first imported, and `ray start` must agree with this process: every
+# cluster here listens on 127.0.0.1 only and uses token auth (as a local ray.init does anyway;
+# a driver given an explicit address turns it on only when told).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    """4 shards of 8 shapes in pixel space, 8x8: at least one shard per rank."""
+    return tiny_latents(tmp_path_factory.mktemp("ray-data"), num_classes=4, per_class=8,
+                        image_size=16, resolution=8, shard_size=8)
+
+
+def ray_params(latents, output: Path, steps: int, ray_address: str | None = None) -> Params:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["train"].update(models=[MODEL], data=str(latents), output=str(output), steps=steps,
+                        global_batch=8, ckpt_every=2, log_every=1, eval_every=1000,
+                        loader_workers=0, backend="ray", workers=2, ray_address=ray_address,
+                        device="cpu", precision="fp32")
+    raw["tracking"].update(uri=f"sqlite:///{output / 'mlflow.db'}", log_images=False)
+    return Params.model_validate(raw)
+
+
+def hash_lines(output: Path, rank: int) -> list[str]:
+    return (output / MODEL / f"input_hashes.rank{rank}.txt").read_text().splitlines()
+
+
+@pytest.fixture(scope="module")
+def first_run(latents, tmp_path_factory):
+    """Four steps on a local cluster; the hash logs as they were then."""
+    output = tmp_path_factory.mktemp("ray-run")
+    summary = train_with_ray(ray_params(latents, output, steps=4), MODEL, None)
+    return output, summary, [hash_lines(output, rank) for rank in (0, 1)]
+
+
+@pytest.mark.slow
+def test_two_workers_train_checkpoint_and_report_to_ray_storage(first_run):
+    output, summary, (rank0, rank1) = first_run
+    assert summary["status"] == "FINISHED" and summary["steps"] == 4
+    checkpoints = output / MODEL / "checkpoints"
+    assert json.loads((checkpoints / "latest.json").read_text())["step"] == 4
+    reported = output / "ray" / MODEL
+    assert (reported / "step-0000004" / "state.json").is_file()
+    assert (reported / "step-0000004" / "ema.safetensors").is_file()
+    assert [int(line.split()[0]) for line in rank0] == [0, 1, 2, 3]
+    assert len(rank1) == 4 and set(rank0).isdisjoint(rank1)  # each rank its own inputs
+
+
+@pytest.mark.slow
+def test_a_rerun_resumes_from_ray_storage_when_the_run_folder_lost_its_checkpoints(
+        first_run, latents):
+    output, _, (rank0_before, rank1_before) = first_run
+    shutil.rmtree(output / MODEL / "checkpoints")
+    summary = train_with_ray(ray_params(latents, output, steps=6), MODEL, None)
+    assert summary["status"] == "FINISHED" and summary["steps"] == 6
+    rank0, rank1 = hash_lines(output, 0), hash_lines(output, 1)
+    assert [int(line.split()[0]) for line in rank0] == [0, 1, 2, 3, 4, 5]
+    assert rank0[:4] == rank0_before and rank1[:4] == rank1_before
+    assert (output / "ray" / MODEL / "step-0000006").is_dir()
+
+
+def test_restore_copies_a_ray_checkpoint_only_into_a_run_folder_without_one(tmp_path):
+    from ray.train import Checkpoint
+
+    reported = tmp_path / "ray" / "step-0000004"
+    reported.mkdir(parents=True)
+    (reported / "state.json").write_text(json.dumps({"step": 4}))
+    run_dir = tmp_path / "run"
+    restore_checkpoint(None, run_dir)
+    assert not (run_dir / "checkpoints").exists()
+
+    restore_checkpoint(Checkpoint.from_directory(reported), run_dir)
+    latest = run_dir / "checkpoints" / "latest.json"
+    assert json.loads(latest.read_text()) == {"tag": "step-0000004", "step": 4}
+    assert (run_dir / "checkpoints" / "step-0000004" / "state.json").is_file()
+
+    (reported / "state.json").write_text(json.dumps({"step": 6}))
+    restore_checkpoint(Checkpoint.from_directory(reported), run_dir)
+    assert json.loads(latest.read_text())["step"] == 4  # the run folder's own one is kept
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A one-node cluster from `ray start --block`; terminating that process stops exactly this
+    cluster (`ray stop` would stop every Ray process on the machine)."""
+    ray = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray, "get-auth-token", "--generate"], check=True, capture_output=True)
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    # Without this the head waits 30 s on SIGTERM for a drain that nothing here needs.
+    env = {**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=false", f"--temp-dir={temp_dir}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, head)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "ray start exited"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"no Ray head on port {port} after {timeout} s")
+
+
+@pytest.mark.slow
+def test_two_workers_train_on_an_existing_cluster(ray_cluster, latents, tmp_path):
+    summary = train_with_ray(ray_params(latents, tmp_path, steps=2, ray_address=ray_cluster),
+                             MODEL, None)
+    assert summary["status"] == "FINISHED" and summary["steps"] == 2
+    assert (tmp_path / "ray" / MODEL / "step-0000002").is_dir()
+    assert len(hash_lines(tmp_path, 1)) == 2
+
+
+@pytest.mark.slow
+def test_a_worker_error_is_raised_as_the_worker_raised_it(ray_cluster, tmp_path):
+    missing = tmp_path / "no-latents"
+    with pytest.raises(DataError, match="manifest.json not found"):
+        train_with_ray(ray_params(missing, tmp_path, steps=2, ray_address=ray_cluster), MODEL,
+                       None)

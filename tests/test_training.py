@@ -1,0 +1,251 @@
+"""The training engine on CPU: the real DeepSpeed engine, a real MLflow server, tiny presets on
+tiny shards made here."""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from dice_core.config import Params
+from dice_core.training import CheckpointMismatch, NonFiniteLoss, train_model
+from dice_core.training import loop as loop_module
+from dice_core.training.checkpoint import CheckpointStore
+from dice_core.training.engine import child_process_env
+from dice_core.training.runner import train_models
+from helpers import tiny_latents
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """96 coloured shapes of 3 classes at 8x8 in pixel space, 8 shards."""
+    return tiny_latents(tmp_path_factory.mktemp("train-data"), num_classes=3, per_class=32,
+                        image_size=8, resolution=8, shard_size=12)
+
+
+def raw_params(tmp_path, shards, uri, **train) -> dict:
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    raw["train"].update({"models": ["dit-t"], "data": str(shards),
+                         "output": str(tmp_path / "runs"), "steps": 6, "global_batch": 16,
+                         "log_every": 1, "ckpt_every": 3, "eval_every": 10**6,
+                         "loader_workers": 0, "device": "cpu", "precision": "fp32",
+                         "activation_checkpointing": False, **train})
+    raw["tracking"].update(uri=uri, experiment=tmp_path.name, log_images=False,
+                           retry_seconds=0.1)
+    return raw
+
+
+def make_params(tmp_path, shards, uri, **train) -> Params:
+    return Params.model_validate(raw_params(tmp_path, shards, uri, **train))
+
+
+def loss_history(uri, run_id) -> dict[int, set[float]]:
+    history: dict[int, set[float]] = {}
+    for metric in MlflowClient(uri).get_metric_history(run_id, "train/loss"):
+        history.setdefault(metric.step, set()).add(metric.value)
+    return history
+
+
+def engine_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    store = CheckpointStore(run_dir)
+    folder = store.folder / store.latest()["tag"]
+    return torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+
+
+def same_tensors(first: dict, second: dict) -> bool:
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("precision,checkpointing", [("fp32", True), ("fp32", False),
+                                                     ("bf16", True)])
+def test_the_deepspeed_path_trains_and_lowers_the_loss(tmp_path, shards, mlflow_server,
+                                                       precision, checkpointing):
+    params = make_params(tmp_path, shards, mlflow_server.uri, steps=24, lr=1e-3,
+                         log_every=4, ckpt_every=24, precision=precision,
+                         activation_checkpointing=checkpointing)
+    summary = train_model(params, "dit-t")
+    losses = {step: values.pop() for step, values in
+              loss_history(mlflow_server.uri, summary["run_id"]).items()}
+    assert sorted(losses) == [4, 8, 12, 16, 20, 24]
+    assert losses[24] < 0.8 * losses[4], losses
+    config = yaml.safe_load((tmp_path / "runs" / "dit-t" / "deepspeed_config.json").read_text())
+    assert config["bf16"]["enabled"] == (precision == "bf16") and not config["fp16"]["enabled"]
+
+
+def test_every_model_sees_byte_identical_inputs_at_every_step(tmp_path, shards, mlflow_server):
+    params = make_params(tmp_path, shards, mlflow_server.uri, steps=3, micro_batch=8,
+                         ckpt_every=3, models=["dice-t", "dit-t", "dimr-t"])
+    train_models(params, params.train.models)
+    logs = [(tmp_path / "runs" / name / "input_hashes.rank0.txt").read_text()
+            for name in params.train.models]
+    assert logs[0] == logs[1] == logs[2]
+    lines = logs[0].splitlines()
+    assert [line.split()[:2] for line in lines] == [[str(i // 2), str(i)] for i in range(6)]
+    assert len({line.split()[2] for line in lines}) == 6   # and every batch is a new one
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_weights_and_loss_curve(
+        tmp_path, shards, mlflow_server):
+    settings = dict(steps=40, ckpt_every=8)
+    reference = train_model(make_params(tmp_path / "reference", shards, mlflow_server.uri,
+                                        **settings), "dit-t")
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    params_file = killed / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw_params(killed, shards, mlflow_server.uri,
+                                                     **settings)))
+    command = [sys.executable, "-m", "pipelines.train", "--params", str(params_file),
+               "--model", "dit-t"]
+    env = child_process_env()   # not the rank and port of an engine in this test process
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(PROJECT / ".cache" / "torch_extensions"))
+    log = open(killed / "first-attempt.log", "w")
+    process = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=log, stderr=log)
+    run_dir = killed / "runs" / "dit-t"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        latest = CheckpointStore(run_dir).latest()
+        if latest and latest["step"] >= 8:
+            time.sleep(0.2)   # into the steps after the checkpoint
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert CheckpointStore(run_dir).latest()["step"] in (8, 16, 24, 32), "killed too late"
+    assert not (run_dir / "summary.json").exists(), "the run finished before it was killed"
+    run_id = (run_dir / "tracking" / "run.json").read_text()
+
+    subprocess.run(command, cwd=PROJECT, env=env, check=True, capture_output=True)
+    assert (run_dir / "tracking" / "run.json").read_text() == run_id   # the same MLflow run
+    reference_dir = tmp_path / "reference" / "runs" / "dit-t"
+    assert same_tensors(engine_weights(run_dir), engine_weights(reference_dir))
+    assert same_tensors(load_file(run_dir / "checkpoints" / "step-0000040" / "ema.safetensors"),
+                        load_file(reference_dir / "checkpoints" / "step-0000040" /
+                                  "ema.safetensors"))
+    resumed = loss_history(mlflow_server.uri, json.loads(run_id)["run_id"])
+    expected = loss_history(mlflow_server.uri, reference["run_id"])
+    assert resumed == expected and sorted(resumed) == list(range(1, 41))
+    assert (run_dir / "input_hashes.rank0.txt").read_text() == \
+        (reference_dir / "input_hashes.rank0.txt").read_text()
+
+
+def nan_noise_at(steps: set[int] | None, start: int | None = None):
+    """Wraps the loop's input drawing so that some steps get NaN noise (a non-finite loss)."""
+    real = loop_module.diffusion_inputs
+
+    def inputs(seed, index, rank, *args):
+        t, noise, labels = real(seed, index, rank, *args)
+        if (steps and index in steps) or (start is not None and index >= start):
+            noise = torch.full_like(noise, float("nan"))
+        return t, noise, labels
+    return inputs
+
+
+def test_a_non_finite_step_is_skipped_and_training_goes_on(tmp_path, shards, mlflow_server,
+                                                          monkeypatch):
+    monkeypatch.setattr(loop_module, "diffusion_inputs", nan_noise_at({2}))
+    summary = train_model(make_params(tmp_path, shards, mlflow_server.uri), "dit-t")
+    client = MlflowClient(mlflow_server.uri)
+    skipped = {m.step: m.value for m in client.get_metric_history(summary["run_id"],
+                                                                  "train/skipped_steps")}
+    assert skipped == {1: 0, 2: 0, 3: 1, 4: 0, 5: 0, 6: 0}
+    assert 3 not in loss_history(mlflow_server.uri, summary["run_id"])
+    weights = engine_weights(tmp_path / "runs" / "dit-t")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_k_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint(
+        tmp_path, shards, mlflow_server, monkeypatch):
+    monkeypatch.setattr(loop_module, "diffusion_inputs", nan_noise_at(None, start=4))
+    params = make_params(tmp_path, shards, mlflow_server.uri, steps=12, ckpt_every=4,
+                         max_nonfinite_steps=3)
+    with pytest.raises(NonFiniteLoss, match=r"3 optimiser steps in a row.*step 7.*checkpoint"):
+        train_model(params, "dit-t")
+    run_dir = tmp_path / "runs" / "dit-t"
+    assert CheckpointStore(run_dir).latest()["step"] == 4
+    assert all(torch.isfinite(w).all() for w in engine_weights(run_dir).values())
+
+
+def test_a_checkpoint_of_another_configuration_is_refused_naming_the_difference(
+        tmp_path, shards, mlflow_server):
+    train_model(make_params(tmp_path, shards, mlflow_server.uri, steps=3), "dit-t")
+    with pytest.raises(CheckpointMismatch, match=r"global_batch: checkpoint has 16, this run "
+                                                 r"has 32"):
+        train_model(make_params(tmp_path, shards, mlflow_server.uri, steps=6, global_batch=32),
+                    "dit-t")
+    with pytest.raises(CheckpointMismatch, match=r"model_config: .*class_dropout_prob"):
+        train_model(make_params(tmp_path, shards, mlflow_server.uri, steps=6,
+                                model_overrides={"class_dropout_prob": 0.2}), "dit-t")
+
+
+@pytest.mark.parametrize("train,message", [
+    ({"global_batch": 10, "workers": 3, "backend": "ray"}, "does not split over 3 workers"),
+    ({"micro_batch": 5}, "micro_batch = 5 does not divide the 16"),
+    ({"workers": 2}, "needs train.backend: ray"),
+    ({"precision": "fp16"}, "fp16 needs a GPU"),
+])
+def test_an_impossible_combination_fails_before_any_work(tmp_path, shards, train, message):
+    from pipelines.cli import main as dice_main
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw_params(tmp_path, shards, None, **train)))
+    with pytest.raises(ValueError, match=message):
+        train_models(Params.model_validate(yaml.safe_load(params_file.read_text())), ["dit-t"])
+    assert dice_main(["train", "--params", str(params_file)]) == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_mlflow_holds_nested_runs_metrics_at_their_steps_and_artifacts(tmp_path, shards,
+                                                                       mlflow_server):
+    raw = raw_params(tmp_path, shards, mlflow_server.uri, eval_every=3)
+    raw["tracking"]["log_images"] = True
+    [summary] = train_models(Params.model_validate(raw), ["dit-t"])
+    client = MlflowClient(mlflow_server.uri)
+    run = client.get_run(summary["run_id"])
+    parent_id = run.data.tags["mlflow.parentRunId"]
+    assert client.get_run(parent_id).data.tags["kind"] == "pipeline"
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model"] == "dit-t" and len(run.data.params["git_commit"]) >= 7
+    assert run.data.params["data_params_hash"]
+    assert sorted(loss_history(mlflow_server.uri, run.info.run_id)) == [1, 2, 3, 4, 5, 6]
+    assert "emissions/codecarbon_kwh" in run.data.metrics
+    assert "system/cpu_percent" in run.data.metrics
+    assert "total/emissions/codecarbon_kwh" in client.get_run(parent_id).data.metrics
+    artifacts = {a.path for folder in ("ema", "samples")
+                 for a in client.list_artifacts(run.info.run_id, folder)}
+    assert artifacts == {"ema/ema.safetensors", "samples/step-0000003.png",
+                         "samples/step-0000006.png"}
+
+
+def test_stopping_the_tracking_server_mid_run_neither_stops_training_nor_loses_metrics(
+        tmp_path, shards, mlflow_server, monkeypatch, caplog):
+    real_save = CheckpointStore.save
+
+    def save_then_switch_the_server(self, engine, ema, state):
+        path = real_save(self, engine, ema, state)
+        if state["step"] == 3:
+            mlflow_server.stop()
+        elif state["step"] == 6:
+            mlflow_server.start()
+        return path
+
+    monkeypatch.setattr(CheckpointStore, "save", save_then_switch_the_server)
+    summary = train_model(make_params(tmp_path, shards, mlflow_server.uri, steps=9), "dit-t")
+    assert summary["status"] == "FINISHED"
+    assert sorted(loss_history(mlflow_server.uri, summary["run_id"])) == list(range(1, 10))
+    unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(unreachable) == 1
+
+
+def test_dice_train_accepts_a_family_name():
+    from pipelines.train import select_models
+    assert select_models(["dit"], ["dice-t", "dit-t"]) == ["dit-t"]
+    assert select_models(["dimr-t"], ["dice-t"]) == ["dimr-t"]
+    assert select_models(None, ["dice-t", "dit-t"]) == ["dice-t", "dit-t"]
