@@ -99,6 +99,22 @@ class TrainParams(Section):
     model_overrides: dict[str, float | int] = Field(default_factory=dict)
 
 
+class EvaluateParams(Section):
+    """Sampling and ADM metrics (DESIGN.md §4): in training every train.eval_every steps, and
+    standalone on any checkpoint. Only the Inception network's results are called FID/sFID/IS;
+    effnet is the offline EfficientNet-Lite0 feature space (fd_effnet, ...)."""
+    samples: int = Field(500, ge=2)
+    sampler: Literal["ddpm", "ddim", "dpm-solver"] = "ddpm"
+    steps: int = Field(250, ge=2)
+    batch_size: int = Field(50, ge=1)
+    feature_network: Literal["inception", "effnet"] = "effnet"
+    inception_weights: str | None = None
+    reference: str = "data/reference.npz"
+    reference_split: Literal["train", "val"] = "train"
+    device: str = "auto"
+    output: str = "results/eval"
+
+
 class TrackingParams(Section):
     """MLflow: where runs go. None = ./mlflow.db (sqlite); http://host:port = a server."""
     uri: str | None = None
@@ -121,6 +137,7 @@ class Params(Section):
     prepare: PrepareParams
     encode: EncodeParams
     train: TrainParams
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     emissions: EmissionsParams = Field(default_factory=EmissionsParams)
 

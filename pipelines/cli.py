@@ -8,13 +8,15 @@ from dice_core.config import ParamsError
 from dice_core.training.errors import NonFiniteLoss
 from dice_core.models import get_preset, list_models
 
-from . import encode, prepare, static, train
+from . import encode, evaluate, prepare, reference, static, train
 
 
 STAGES = [(static, "parameters, multiply-adds, samples/s"),
           (prepare, "decode, crop and shard the images"),
           (encode, "encode image shards to latent shards"),
-          (train, "train the models (DeepSpeed, Ray Train)")]
+          (train, "train the models (DeepSpeed, Ray Train)"),
+          (reference, "feature statistics of the real images"),
+          (evaluate, "samples and ADM metrics of a trained model")]
 
 
 def list_command(args: argparse.Namespace) -> None:

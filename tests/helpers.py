@@ -69,3 +69,20 @@ def copy_project(destination):
         shutil.copytree(project / item, destination / item,
                         ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(project / "dvc.yaml", destination / "dvc.yaml")
+
+
+def training_params(tmp_path, shards, uri, **train) -> dict:
+    """The project's params.yaml shrunk for a test: dit-t on ``shards``, 6 steps of 16,
+    checkpoints every 3, runs under ``tmp_path``, MLflow at ``uri``, no reference."""
+    import yaml
+    from pathlib import Path
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    raw["train"].update({"models": ["dit-t"], "data": str(shards),
+                         "output": str(tmp_path / "runs"), "steps": 6, "global_batch": 16,
+                         "log_every": 1, "ckpt_every": 3, "eval_every": 10**6,
+                         "loader_workers": 0, "device": "cpu", "precision": "fp32",
+                         "activation_checkpointing": False, **train})
+    raw["tracking"].update(uri=uri, experiment=tmp_path.name, log_images=False,
+                           retry_seconds=0.1)
+    raw["evaluate"].update(reference=str(tmp_path / "no-reference.npz"), steps=10)
+    return raw

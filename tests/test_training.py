@@ -19,7 +19,7 @@ from dice_core.training import loop as loop_module
 from dice_core.training.checkpoint import CheckpointStore
 from dice_core.training.engine import child_process_env
 from dice_core.training.runner import train_models
-from helpers import tiny_latents
+from helpers import tiny_latents, training_params
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -31,20 +31,8 @@ def shards(tmp_path_factory):
                         image_size=8, resolution=8, shard_size=12)
 
 
-def raw_params(tmp_path, shards, uri, **train) -> dict:
-    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    raw["train"].update({"models": ["dit-t"], "data": str(shards),
-                         "output": str(tmp_path / "runs"), "steps": 6, "global_batch": 16,
-                         "log_every": 1, "ckpt_every": 3, "eval_every": 10**6,
-                         "loader_workers": 0, "device": "cpu", "precision": "fp32",
-                         "activation_checkpointing": False, **train})
-    raw["tracking"].update(uri=uri, experiment=tmp_path.name, log_images=False,
-                           retry_seconds=0.1)
-    return raw
-
-
 def make_params(tmp_path, shards, uri, **train) -> Params:
-    return Params.model_validate(raw_params(tmp_path, shards, uri, **train))
+    return Params.model_validate(training_params(tmp_path, shards, uri, **train))
 
 
 def loss_history(uri, run_id) -> dict[int, set[float]]:
@@ -101,7 +89,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights_and_loss_curve(
     killed = tmp_path / "killed"
     killed.mkdir()
     params_file = killed / "params.yaml"
-    params_file.write_text(yaml.safe_dump(raw_params(killed, shards, mlflow_server.uri,
+    params_file.write_text(yaml.safe_dump(training_params(killed, shards, mlflow_server.uri,
                                                      **settings)))
     command = [sys.executable, "-m", "pipelines.train", "--params", str(params_file),
                "--model", "dit-t"]
@@ -195,7 +183,7 @@ def test_a_checkpoint_of_another_configuration_is_refused_naming_the_difference(
 def test_an_impossible_combination_fails_before_any_work(tmp_path, shards, train, message):
     from pipelines.cli import main as dice_main
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(raw_params(tmp_path, shards, None, **train)))
+    params_file.write_text(yaml.safe_dump(training_params(tmp_path, shards, None, **train)))
     with pytest.raises(ValueError, match=message):
         train_models(Params.model_validate(yaml.safe_load(params_file.read_text())), ["dit-t"])
     assert dice_main(["train", "--params", str(params_file)]) == 2
@@ -204,7 +192,7 @@ def test_an_impossible_combination_fails_before_any_work(tmp_path, shards, train
 
 def test_mlflow_holds_nested_runs_metrics_at_their_steps_and_artifacts(tmp_path, shards,
                                                                        mlflow_server):
-    raw = raw_params(tmp_path, shards, mlflow_server.uri, eval_every=3)
+    raw = training_params(tmp_path, shards, mlflow_server.uri, eval_every=3)
     raw["tracking"]["log_images"] = True
     [summary] = train_models(Params.model_validate(raw), ["dit-t"])
     client = MlflowClient(mlflow_server.uri)

@@ -25,6 +25,8 @@ from dice_core.data import make_loader, read_manifest
 from dice_core.data.encoders import decoder_for, pick_device
 from dice_core.diffusion import create_diffusion
 from dice_core.ema import create_ema
+from dice_core.evaluation.evaluate import evaluate_model
+from dice_core.evaluation.sampling import image_grid, sample_images
 from dice_core.models import build_model, drop_labels, get_preset
 from dice_core.seeding import DIFFUSION_INPUTS, seeded_generator
 from dice_core.tracking import EmissionsMeter, RunTracker
@@ -34,7 +36,6 @@ from .engine import deepspeed_config, initialize_engine, model_dtype, resolve_pr
 from .errors import NonFiniteLoss
 from .layout import batch_layout
 from .optim import FiniteAdamW
-from .samples import image_grid, sample_images
 
 GRID_SAMPLES = 16
 
@@ -169,6 +170,31 @@ def train_model(params: Params, model_name: str, worker: Worker | None = None) -
                          start_batch=start_step * layout.accumulation)
     hashes = InputHashLog(run_dir / f"input_hashes.rank{rank}.txt", start_step)
 
+    def evaluate(ema_model, step: int) -> None:
+        """ADM's metrics at this step when there is a reference, else the sample grid alone."""
+        if Path(params.evaluate.reference).is_file():
+            metrics = evaluate_model(ema_model, manifest, params.evaluate, seed,
+                                     run_dir / "eval" / f"step-{step:07d}")
+            tracker.log_metrics({f"eval/{key}": value for key, value in metrics.items()
+                                 if isinstance(value, (int, float))}, step=step)
+            if params.tracking.log_images:
+                tracker.log_artifact(run_dir / "eval" / f"step-{step:07d}" / "grid.png",
+                                     f"samples/step-{step:07d}")
+            return
+        nonlocal warned_no_reference
+        if not warned_no_reference:
+            warned_no_reference = True
+            print(f"no reference statistics at {params.evaluate.reference}: evaluation logs "
+                  "sample grids only; run `dvc repro reference` for the metrics")
+        if params.tracking.log_images:
+            grid = image_grid(sample_images(
+                ema_model, decoder_for(manifest, str(device)), count=GRID_SAMPLES,
+                num_classes=num_classes, seed=seed, latent_shape=tuple(manifest["latent_shape"]),
+                sampler=params.evaluate.sampler, steps=params.evaluate.steps))
+            tracker.log_image(grid, f"samples/step-{step:07d}.png")
+
+    warned_no_reference = False
+
     # --- the loop ---------------------------------------------------------------------------
     bar = tqdm(total=train.steps, initial=start_step, desc=model_name, unit="step",
                disable=not is_main)
@@ -230,13 +256,8 @@ def train_model(params: Params, model_name: str, worker: Worker | None = None) -
                 window = {"loss_sum": 0.0, "count": 0, "skipped": 0}
                 window_start, window_steps = time.perf_counter(), 0
 
-            if done % train.eval_every == 0 or done == train.steps:
-                if is_main and params.tracking.log_images:
-                    grid = image_grid(sample_images(
-                        ema.module, decoder_for(manifest, str(device)), count=GRID_SAMPLES,
-                        num_classes=num_classes, seed=seed,
-                        latent_shape=tuple(manifest["latent_shape"])))
-                    tracker.log_image(grid, f"samples/step-{done:07d}.png")
+            if (done % train.eval_every == 0 or done == train.steps) and is_main:
+                evaluate(ema.module, done)
 
             if done % train.ckpt_every == 0 or done == train.steps:
                 hashes.flush()

@@ -1,0 +1,1 @@
+"""Evaluation: samples from the EMA weights, their metrics against reference statistics."""

@@ -1,0 +1,83 @@
+"""Reference statistics of the real images, and the evaluation of a model against them:
+samples (ADM-format .npz and a grid PNG) and ADM's metrics in the chosen feature network."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dice_core.config import EvaluateParams
+from dice_core.data import read_manifest, read_shard
+from dice_core.data.encoders import decoder_for, pick_device
+from dice_core.metrics import (compute_metrics, extract_features, load_effnet_lite0,
+                               load_fid_inception, load_reference, save_reference)
+
+from .sampling import image_grid, sample_images
+
+
+def feature_network(config: EvaluateParams):
+    device = pick_device(config.device)
+    if config.feature_network == "inception":
+        return load_fid_inception(config.inception_weights, device)
+    return load_effnet_lite0(device)
+
+
+def reference_identity(latents_manifest: dict, network: str) -> dict:
+    """What a reference must have been made for: the network, the image size, the data and
+    the encoder whose decoded samples will be compared with it."""
+    return {"network": network, "resolution": latents_manifest["resolution"],
+            "source": latents_manifest["source"], "encoder": latents_manifest["encoder"]}
+
+
+def prepared_images(prepared_dir: str | Path, split: str) -> np.ndarray:
+    prepared_dir = Path(prepared_dir)
+    manifest = read_manifest(prepared_dir)
+    images = [arrays["image"] for record in manifest["shards"] if record["split"] == split
+              for _, _, arrays in read_shard(prepared_dir / record["name"], record)]
+    if not images:
+        raise ValueError(f"{prepared_dir} has no '{split}' images for the reference; check "
+                         "evaluate.reference_split and prepare.splits")
+    return np.stack(images)
+
+
+def build_reference(config: EvaluateParams, prepared_dir: str | Path,
+                    latents_dir: str | Path) -> dict:
+    """Features of the real (prepared) images, saved with the identity evaluations check."""
+    images = prepared_images(prepared_dir, config.reference_split)
+    features = extract_features(feature_network(config), images, config.batch_size)
+    meta = reference_identity(read_manifest(latents_dir), config.feature_network)
+    save_reference(config.reference, features, meta)
+    return {**meta, "count": len(images)}
+
+
+def evaluate_model(model, latents_manifest: dict, config: EvaluateParams, seed: int,
+                   out_dir: str | Path, network=None, progress: bool = False) -> dict:
+    """Samples ``model`` (the EMA weights) and writes ``samples.npz`` (``arr_0``: uint8 NHWC, for
+    OpenAI's evaluator), ``grid.png`` and ``metrics.json`` into ``out_dir``."""
+    reference, _ = load_reference(config.reference,
+                                  reference_identity(latents_manifest, config.feature_network))
+    images = sample_images(model, decoder_for(latents_manifest, config.device),
+                           count=config.samples, num_classes=latents_manifest["num_classes"],
+                           seed=seed, latent_shape=tuple(latents_manifest["latent_shape"]),
+                           sampler=config.sampler, steps=config.steps,
+                           batch_size=config.batch_size, progress=progress)
+    features = extract_features(network or feature_network(config), images, config.batch_size)
+    metrics = compute_metrics(reference, features, config.feature_network)
+    metrics.update(sampler=config.sampler, sampling_steps=config.steps)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(out_dir / "samples.npz", lambda f: np.savez(f, arr_0=images))
+    Image.fromarray(image_grid(images[:64])).save(out_dir / "grid.png")
+    write_atomically(out_dir / "metrics.json",
+                     lambda f: f.write(json.dumps(metrics, indent=2).encode()))
+    return metrics
+
+
+def write_atomically(path: Path, write) -> None:
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as handle:
+        write(handle)
+    os.replace(partial, path)

@@ -1,0 +1,57 @@
+"""Evaluate stage: samples from a model's EMA weights and ADM's metrics against the reference.
+
+Reads the ``evaluate`` section of params.yaml; flags override it.
+    python -m pipelines.evaluate --model dice-t [--checkpoint EMA.safetensors] [--samples N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dice_core.data import read_manifest
+from dice_core.data.encoders import pick_device
+from dice_core.evaluation.evaluate import evaluate_model
+from dice_core.models.serialization import load_model
+from dice_core.training import ema_weights_path
+
+from .stage_params import add_params_argument, stage_params
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_params_argument(parser, "evaluate")
+    parser.add_argument("--model", required=True, help="the model whose run to evaluate")
+    parser.add_argument("--checkpoint", help="EMA weights (.safetensors); default: the "
+                                             "latest checkpoint of the model's run")
+    parser.add_argument("--samples", type=int)
+    parser.add_argument("--sampler", choices=["ddpm", "ddim", "dpm-solver"])
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--feature-network", choices=["inception", "effnet"])
+    parser.add_argument("--output", help="folder for samples.npz, grid.png, metrics.json")
+
+
+def run(args: argparse.Namespace) -> dict:
+    params, config = stage_params(args, "evaluate", {
+        "samples": args.samples, "sampler": args.sampler, "steps": args.steps,
+        "feature_network": args.feature_network, "output": args.output})
+    weights = args.checkpoint or ema_weights_path(Path(params.train.output) / args.model)
+    if weights is None or not Path(weights).is_file():
+        raise ValueError(f"no EMA weights for {args.model}: train it first (dice train --model "
+                         f"{args.model}) or pass --checkpoint FILE")
+    model = load_model(weights, pick_device(config.device)).eval()
+    out_dir = Path(config.output) / args.model
+    metrics = evaluate_model(model, read_manifest(params.train.data), config, params.seed,
+                             out_dir, progress=True)
+    print(json.dumps(metrics, indent=2))
+    print(f"wrote samples.npz, grid.png and metrics.json to {out_dir}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.cli import main as dice_main
+    return dice_main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

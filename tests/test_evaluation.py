@@ -1,0 +1,100 @@
+"""Evaluation of trained models: reference statistics, `dice evaluate`, the in-training hook."""
+import json
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from dice_core.config import Params
+from dice_core.data import read_manifest
+from dice_core.evaluation.evaluate import build_reference, evaluate_model
+from dice_core.metrics import ReferenceMismatchError
+from dice_core.models import build_model
+from dice_core.models.serialization import load_model
+from dice_core.training import ema_weights_path, train_model
+from helpers import tiny_latents, training_params
+from pipelines.cli import main as dice_main
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval-data")
+    tiny_latents(root, num_classes=3, per_class=8, image_size=8, resolution=8, shard_size=8)
+    return root
+
+
+def eval_params(tmp_path, data, uri, **evaluate) -> dict:
+    raw = training_params(tmp_path, data / "latents", uri, steps=2, ckpt_every=2)
+    raw["prepare"]["output"] = str(data / "prepared")
+    raw["encode"]["output"] = str(data / "latents")
+    raw["evaluate"].update(reference=str(data / "reference.npz"), samples=6, steps=4,
+                           batch_size=4, output=str(tmp_path / "eval"), device="cpu",
+                           **evaluate)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def reference(data):
+    config = Params.model_validate(eval_params(data, data, None)).evaluate
+    return build_reference(config, data / "prepared", data / "latents")
+
+
+def test_the_reference_records_what_it_was_made_for(reference, data):
+    assert reference["network"] == "effnet" and reference["count"] == 24
+    assert reference["resolution"] == 8 and reference["encoder"] == "pixels"
+
+
+def test_dice_evaluate_writes_metrics_samples_and_grid_and_repeats_exactly(
+        tmp_path, data, reference, mlflow_server):
+    raw = eval_params(tmp_path, data, mlflow_server.uri)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    train_model(Params.model_validate(raw), "dit-t")
+    outputs = []
+    for attempt in ("first", "second"):
+        out = tmp_path / attempt
+        assert dice_main(["evaluate", "--params", str(params_file), "--model", "dit-t",
+                          "--output", str(out)]) == 0
+        folder = out / "dit-t"
+        with np.load(folder / "samples.npz") as samples:
+            images = samples["arr_0"]
+        assert images.shape == (6, 8, 8, 3) and images.dtype == np.uint8
+        assert (folder / "grid.png").is_file()
+        outputs.append((images, json.loads((folder / "metrics.json").read_text())))
+    np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
+    assert outputs[0][1] == outputs[1][1]
+    metrics = outputs[0][1]
+    assert metrics["feature_network"] == "effnet" and metrics["num_samples"] == 6
+    assert {"fd_effnet", "is_effnet", "precision_effnet", "recall_effnet"} <= set(metrics)
+    assert "fid" not in metrics   # only Inception results are called FID
+
+
+def test_a_reference_for_another_encoder_or_resolution_is_refused(tmp_path, data, reference):
+    raw = eval_params(tmp_path, data, None)
+    config = Params.model_validate(raw).evaluate
+    manifest = read_manifest(data / "latents")
+    model = build_model("dit-t", in_channels=3, input_size=8, num_classes=3).eval()
+    for field, value in (("encoder", "vae:sd-vae-ft-ema"), ("resolution", 256)):
+        with pytest.raises(ReferenceMismatchError, match=f"{field}="):
+            evaluate_model(model, {**manifest, field: value}, config, 0, tmp_path / field)
+
+
+def test_evaluate_without_a_trained_model_says_what_to_do(tmp_path, data, capsys):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(eval_params(tmp_path, data, None)))
+    assert dice_main(["evaluate", "--params", str(params_file), "--model", "dice-t"]) == 2
+    assert "train it first" in capsys.readouterr().err
+
+
+def test_training_logs_the_evaluation_metrics_at_their_steps(tmp_path, data, reference,
+                                                             mlflow_server):
+    raw = eval_params(tmp_path, data, mlflow_server.uri)
+    raw["train"].update(steps=4, eval_every=2, ckpt_every=2)
+    summary = train_model(Params.model_validate(raw), "dit-t")
+    client = MlflowClient(mlflow_server.uri)
+    steps = [m.step for m in client.get_metric_history(summary["run_id"], "eval/fd_effnet")]
+    assert steps == [2, 4]
+    assert (tmp_path / "runs" / "dit-t" / "eval" / "step-0000004" / "samples.npz").is_file()
+    assert ema_weights_path(tmp_path / "runs" / "dit-t").is_file()
+    assert load_model(ema_weights_path(tmp_path / "runs" / "dit-t")).preset_name == "dit-t"
