@@ -115,6 +115,14 @@ class EvaluateParams(Section):
     output: str = "results/eval"
 
 
+class ReportParams(Section):
+    """The paper's Tables 1-2 and Figures 11-13 for the models of train.models."""
+    output: str = "results/report"
+    device: str = "cpu"          # where Table 2's samples/s is measured, for every model
+    ddpm_steps: int = Field(250, ge=2)
+    timed_steps: int | None = Field(2, ge=2)
+
+
 class TrackingParams(Section):
     """MLflow: where runs go. None = ./mlflow.db (sqlite); http://host:port = a server."""
     uri: str | None = None
@@ -138,6 +146,7 @@ class Params(Section):
     encode: EncodeParams
     train: TrainParams
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    report: ReportParams = Field(default_factory=ReportParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     emissions: EmissionsParams = Field(default_factory=EmissionsParams)
 

@@ -98,3 +98,34 @@ def test_training_logs_the_evaluation_metrics_at_their_steps(tmp_path, data, ref
     assert (tmp_path / "runs" / "dit-t" / "eval" / "step-0000004" / "samples.npz").is_file()
     assert ema_weights_path(tmp_path / "runs" / "dit-t").is_file()
     assert load_model(ema_weights_path(tmp_path / "runs" / "dit-t")).preset_name == "dit-t"
+
+
+def test_the_report_has_both_tables_the_figures_and_reaches_the_parent_run(
+        tmp_path, data, reference, mlflow_server):
+    from dice_core.training.runner import train_models
+    raw = eval_params(tmp_path, data, mlflow_server.uri)
+    raw["train"].update(models=["dice-t", "dit-t"], steps=4, eval_every=2, ckpt_every=2)
+    raw["report"].update(output=str(tmp_path / "report"), ddpm_steps=4, timed_steps=2)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    [first, _] = train_models(Params.model_validate(raw), ["dice-t", "dit-t"])
+    assert dice_main(["report", "--params", str(params_file)]) == 0
+
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Table 1" in report and "## Table 2" in report and "## Emissions" in report
+    assert "| dice-t |" in report and "| dit-t |" in report and "fd_effnet" in report
+    for figure in ("fig11_fd_vs_step", "fig12_is_vs_step", "fig13_throughput_vs_fd"):
+        assert (tmp_path / "report" / f"{figure}.png").stat().st_size > 1000
+    table1 = json.loads((tmp_path / "report" / "table1.json").read_text())
+    assert table1["dit-t"]["num_samples"] == 6
+    table2 = json.loads((tmp_path / "report" / "table2.json").read_text())
+    assert table2["dice-t"]["trainable_params"] > 0 and table2["dit-t"]["throughput"]
+    curves = (tmp_path / "report" / "curves.csv").read_text().splitlines()
+    assert curves[0] == "model,step,fd_effnet,is_effnet" and len(curves) == 5
+
+    client = MlflowClient(mlflow_server.uri)
+    parent_id = client.get_run(first["run_id"]).data.tags["mlflow.parentRunId"]
+    parent = client.get_run(parent_id)
+    assert "dit-t/fd_effnet" in parent.data.metrics and "dice-t/is_effnet" in parent.data.metrics
+    assert {a.path for a in client.list_artifacts(parent_id, "report")} >= {
+        "report/report.md", "report/fig13_throughput_vs_fd.png"}

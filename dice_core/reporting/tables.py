@@ -1,0 +1,41 @@
+"""Tables 1 and 2 of the paper as markdown, and emissions, from collected results."""
+from __future__ import annotations
+
+from dice_core.metrics import metric_names
+
+from .collect import ModelResults
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def number(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def table1(results: list[ModelResults], network: str) -> str:
+    """IS, FD, sFD, precision, recall at the final evaluation (names as the network allows)."""
+    names = metric_names(network)
+    keys = [names["is"], names["fd"], names["sfd"], names["precision"], names["recall"]]
+    rows = [[r.model, *(number(r.final.get(key)) for key in keys)] for r in results]
+    return markdown(["model", *keys], rows)
+
+
+def table2(results: list[ModelResults]) -> str:
+    rows = [[r.model, f"{r.static['trainable_params']:,}",
+             number(r.static["macs_without_attention"] / 1e9),
+             number(r.static["flops"] / 1e9),
+             number(r.static["throughput"]["samples_per_s"], 4)
+             if r.static.get("throughput") else "-"] for r in results]
+    return markdown(["model", "parameters", "GMACs (no attention)", "GFLOPs", "samples/s"], rows)
+
+
+def emissions_table(results: list[ModelResults], totals: dict) -> str:
+    keys = ["emissions/codecarbon_kwh", "emissions/codecarbon_kg", "emissions/device_hours",
+            "emissions/paper_estimate_kg"]
+    rows = [[r.model, *(number(r.emissions.get(k), 4) for k in keys)] for r in results]
+    rows.append(["total", *(number(totals.get(k), 4) for k in keys)])
+    return markdown(["model", "kWh (codecarbon)", "kg CO2 (codecarbon)", "device-hours",
+                     "kg CO2 (paper's method)"], rows)
