@@ -111,8 +111,21 @@ class EvaluateParams(Section):
     inception_weights: str | None = None
     reference: str = "data/reference.npz"
     reference_split: Literal["train", "val"] = "train"
+    classifier: str | None = "data/classifier.safetensors"   # class accuracy when it exists
     device: str = "auto"
     output: str = "results/eval"
+
+
+class ClassifierParams(Section):
+    """The small classifier of real images that scores generated samples' classes."""
+    output: str = "data/classifier.safetensors"
+    split: Literal["train", "val"] = "train"
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    input_size: int = Field(32, ge=8)
+    holdout_fraction: float = Field(0.1, gt=0, lt=1)
+    device: str = "auto"
 
 
 class ReportParams(Section):
@@ -146,6 +159,7 @@ class Params(Section):
     encode: EncodeParams
     train: TrainParams
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    classifier: ClassifierParams = Field(default_factory=ClassifierParams)
     report: ReportParams = Field(default_factory=ReportParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     emissions: EmissionsParams = Field(default_factory=EmissionsParams)

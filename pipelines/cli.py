@@ -8,7 +8,7 @@ from dice_core.config import ParamsError
 from dice_core.training.errors import NonFiniteLoss
 from dice_core.models import get_preset, list_models
 
-from . import encode, evaluate, prepare, reference, report, static, train
+from . import classifier, encode, evaluate, prepare, reference, report, static, train
 
 
 STAGES = [(static, "parameters, multiply-adds, samples/s"),
@@ -16,6 +16,7 @@ STAGES = [(static, "parameters, multiply-adds, samples/s"),
           (encode, "encode image shards to latent shards"),
           (train, "train the models (DeepSpeed, Ray Train)"),
           (reference, "feature statistics of the real images"),
+          (classifier, "a small classifier of the real images, to score samples' classes"),
           (evaluate, "samples and ADM metrics of a trained model"),
           (report, "the paper's tables and figures for the trained models")]
 

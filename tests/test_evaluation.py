@@ -20,7 +20,7 @@ from pipelines.cli import main as dice_main
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval-data")
-    tiny_latents(root, num_classes=3, per_class=8, image_size=8, resolution=8, shard_size=8)
+    tiny_latents(root, num_classes=3, per_class=8, image_size=16, resolution=16, shard_size=8)
     return root
 
 
@@ -30,7 +30,9 @@ def eval_params(tmp_path, data, uri, **evaluate) -> dict:
     raw["encode"]["output"] = str(data / "latents")
     raw["evaluate"].update(reference=str(data / "reference.npz"), samples=6, steps=4,
                            batch_size=4, output=str(tmp_path / "eval"), device="cpu",
-                           **evaluate)
+                           classifier=str(tmp_path / "no-classifier.safetensors"), **evaluate)
+    raw["classifier"].update(output=str(tmp_path / "classifier.safetensors"), epochs=20,
+                             batch_size=16, input_size=16, holdout_fraction=0.25, device="cpu")
     return raw
 
 
@@ -42,7 +44,7 @@ def reference(data):
 
 def test_the_reference_records_what_it_was_made_for(reference, data):
     assert reference["network"] == "effnet" and reference["count"] == 24
-    assert reference["resolution"] == 8 and reference["encoder"] == "pixels"
+    assert reference["resolution"] == 16 and reference["encoder"] == "pixels"
 
 
 def test_dice_evaluate_writes_metrics_samples_and_grid_and_repeats_exactly(
@@ -59,7 +61,7 @@ def test_dice_evaluate_writes_metrics_samples_and_grid_and_repeats_exactly(
         folder = out / "dit-t"
         with np.load(folder / "samples.npz") as samples:
             images = samples["arr_0"]
-        assert images.shape == (6, 8, 8, 3) and images.dtype == np.uint8
+        assert images.shape == (6, 16, 16, 3) and images.dtype == np.uint8
         assert (folder / "grid.png").is_file()
         outputs.append((images, json.loads((folder / "metrics.json").read_text())))
     np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
@@ -74,7 +76,7 @@ def test_a_reference_for_another_encoder_or_resolution_is_refused(tmp_path, data
     raw = eval_params(tmp_path, data, None)
     config = Params.model_validate(raw).evaluate
     manifest = read_manifest(data / "latents")
-    model = build_model("dit-t", in_channels=3, input_size=8, num_classes=3).eval()
+    model = build_model("dit-t", in_channels=3, input_size=16, num_classes=3).eval()
     for field, value in (("encoder", "vae:sd-vae-ft-ema"), ("resolution", 256)):
         with pytest.raises(ReferenceMismatchError, match=f"{field}="):
             evaluate_model(model, {**manifest, field: value}, config, 0, tmp_path / field)
@@ -129,3 +131,32 @@ def test_the_report_has_both_tables_the_figures_and_reaches_the_parent_run(
     assert "dit-t/fd_effnet" in parent.data.metrics and "dice-t/is_effnet" in parent.data.metrics
     assert {a.path for a in client.list_artifacts(parent_id, "report")} >= {
         "report/report.md", "report/fig13_throughput_vs_fd.png"}
+
+
+def test_the_classifier_learns_the_real_classes_and_scores_the_samples(tmp_path, data,
+                                                                       reference,
+                                                                       mlflow_server):
+    from dice_core.evaluation.classifier import class_accuracy, load_classifier
+    from dice_core.evaluation.evaluate import prepared_images
+    raw = eval_params(tmp_path, data, mlflow_server.uri)
+    raw["evaluate"]["classifier"] = raw["classifier"]["output"]
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    # trained on a larger set of the same classes than the diffusion data
+    larger = tiny_latents(tmp_path, num_classes=3, per_class=40, image_size=16, resolution=16,
+                          shard_size=40).parent / "prepared"
+    classifier_params = tmp_path / "classifier-params.yaml"
+    classifier_params.write_text(yaml.safe_dump({**raw, "prepare": {**raw["prepare"],
+                                                                    "output": str(larger)}}))
+    assert dice_main(["classifier", "--params", str(classifier_params)]) == 0
+    meta = json.loads((tmp_path / "classifier.json").read_text())
+    assert meta["heldout_accuracy"] >= 0.8 and meta["num_classes"] == 3
+    classifier, _ = load_classifier(tmp_path / "classifier.safetensors", "cpu")
+    images, labels = prepared_images(data / "prepared", "train")   # images it never saw
+    assert class_accuracy(classifier, images, labels) >= 0.8
+
+    train_model(Params.model_validate(raw), "dit-t")
+    assert dice_main(["evaluate", "--params", str(params_file), "--model", "dit-t"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "dit-t" / "metrics.json").read_text())
+    assert 0.0 <= metrics["class_accuracy"] <= 1.0
+    assert metrics["classifier_real_accuracy"] == meta["heldout_accuracy"]

@@ -15,7 +15,8 @@ from dice_core.data.encoders import decoder_for, pick_device
 from dice_core.metrics import (compute_metrics, extract_features, load_effnet_lite0,
                                load_fid_inception, load_reference, save_reference)
 
-from .sampling import image_grid, sample_images
+from .classifier import class_accuracy, load_classifier
+from .sampling import fixed_labels, image_grid, sample_images
 
 
 def feature_network(config: EvaluateParams):
@@ -32,21 +33,22 @@ def reference_identity(latents_manifest: dict, network: str) -> dict:
             "source": latents_manifest["source"], "encoder": latents_manifest["encoder"]}
 
 
-def prepared_images(prepared_dir: str | Path, split: str) -> np.ndarray:
+def prepared_images(prepared_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """All prepared images of ``split`` (uint8 NHWC) and their labels."""
     prepared_dir = Path(prepared_dir)
     manifest = read_manifest(prepared_dir)
-    images = [arrays["image"] for record in manifest["shards"] if record["split"] == split
-              for _, _, arrays in read_shard(prepared_dir / record["name"], record)]
-    if not images:
-        raise ValueError(f"{prepared_dir} has no '{split}' images for the reference; check "
-                         "evaluate.reference_split and prepare.splits")
-    return np.stack(images)
+    samples = [(arrays["image"], label) for record in manifest["shards"]
+               if record["split"] == split
+               for _, label, arrays in read_shard(prepared_dir / record["name"], record)]
+    if not samples:
+        raise ValueError(f"{prepared_dir} has no '{split}' images; check prepare.splits")
+    return np.stack([s[0] for s in samples]), np.array([s[1] for s in samples], np.int64)
 
 
 def build_reference(config: EvaluateParams, prepared_dir: str | Path,
                     latents_dir: str | Path) -> dict:
     """Features of the real (prepared) images, saved with the identity evaluations check."""
-    images = prepared_images(prepared_dir, config.reference_split)
+    images, _ = prepared_images(prepared_dir, config.reference_split)
     features = extract_features(feature_network(config), images, config.batch_size)
     meta = reference_identity(read_manifest(latents_dir), config.feature_network)
     save_reference(config.reference, features, meta)
@@ -66,6 +68,15 @@ def evaluate_model(model, latents_manifest: dict, config: EvaluateParams, seed: 
                            batch_size=config.batch_size, progress=progress)
     features = extract_features(network or feature_network(config), images, config.batch_size)
     metrics = compute_metrics(reference, features, config.feature_network)
+    if config.classifier and Path(config.classifier).is_file():
+        classifier, meta = load_classifier(config.classifier, pick_device(config.device))
+        if meta["num_classes"] != latents_manifest["num_classes"]:
+            raise ValueError(f"the classifier {config.classifier} knows {meta['num_classes']} "
+                             f"classes, the data {latents_manifest['num_classes']}; retrain "
+                             "it (dvc repro classifier)")
+        labels = fixed_labels(config.samples, latents_manifest["num_classes"]).numpy()
+        metrics["class_accuracy"] = class_accuracy(classifier, images, labels)
+        metrics["classifier_real_accuracy"] = meta["heldout_accuracy"]
     metrics.update(sampler=config.sampler, sampling_steps=config.steps)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
