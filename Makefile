@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup test static bench clean-venv
+.PHONY: setup test repro static bench mlflow-ui data-deps clean-venv
 
 setup: $(STAMP)
 
@@ -28,6 +28,21 @@ $(STAMP): pyproject.toml requirements.lock constraints.txt
 test: setup
 	$(BIN)/python -m pytest
 
+# The whole experiment: prepare, encode, reference, classifier, train@*, evaluate@*, report,
+# static, resuming or skipping what is already done.
+repro: setup data-deps
+	$(BIN)/dvc repro
+
+# The embedded dataset ships as a Debian package; without it (or apt), the prepare stage
+# explains the other two ways (a folder, or a download).
+data-deps:
+	@test -d /usr/share/datasets/fashion-mnist || ! command -v apt-get >/dev/null || \
+		{ $$(test "$$(id -u)" = 0 || echo sudo) apt-get install -y dataset-fashion-mnist || \
+		  echo "could not install dataset-fashion-mnist; see README (Data)"; }
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
+
 static: setup
 	$(BIN)/dvc repro static
 
@@ -35,6 +50,7 @@ bench: setup
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/data.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/eval.py
 
 clean-venv:
 	rm -rf $(VENV)

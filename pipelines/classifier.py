@@ -14,7 +14,7 @@ from dice_core.data.encoders import pick_device
 from dice_core.evaluation.classifier import save_classifier, train_classifier
 from dice_core.evaluation.evaluate import prepared_images
 
-from .stage_params import add_params_argument, stage_params
+from .stage_params import add_params_argument, stage_main, stage_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +40,7 @@ def run(args: argparse.Namespace) -> dict:
     return meta
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import main as dice_main
-    return dice_main(["classifier", *(sys.argv[1:] if argv is None else argv)])
+main = stage_main("classifier")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 from dice_core.data.encode import encode_dataset
 from dice_core.data.encoders import load_encoder
 
-from .stage_params import add_params_argument, stage_params
+from .stage_params import add_params_argument, stage_main, stage_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,9 +38,7 @@ def run(args: argparse.Namespace) -> dict:
     return manifest
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import main as dice_main
-    return dice_main(["encode", *(sys.argv[1:] if argv is None else argv)])
+main = stage_main("encode")
 
 
 if __name__ == "__main__":

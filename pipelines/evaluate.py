@@ -16,7 +16,7 @@ from dice_core.evaluation.evaluate import evaluate_model
 from dice_core.models.serialization import load_model
 from dice_core.training import ema_weights_path
 
-from .stage_params import add_params_argument, stage_params
+from .stage_params import add_params_argument, stage_main, stage_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,9 +48,7 @@ def run(args: argparse.Namespace) -> dict:
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import main as dice_main
-    return dice_main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
+main = stage_main("evaluate")
 
 
 if __name__ == "__main__":

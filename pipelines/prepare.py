@@ -11,7 +11,7 @@ import sys
 from dice_core.data import open_source
 from dice_core.data.prepare import prepare_dataset
 
-from .stage_params import add_params_argument, stage_params
+from .stage_params import add_params_argument, stage_main, stage_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,9 +46,7 @@ def run(args: argparse.Namespace) -> dict:
     return manifest
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import main as dice_main
-    return dice_main(["prepare", *(sys.argv[1:] if argv is None else argv)])
+main = stage_main("prepare")
 
 
 if __name__ == "__main__":

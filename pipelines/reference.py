@@ -11,7 +11,7 @@ import sys
 
 from dice_core.evaluation.evaluate import build_reference
 
-from .stage_params import add_params_argument, stage_params
+from .stage_params import add_params_argument, stage_main, stage_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,9 +31,7 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import main as dice_main
-    return dice_main(["reference", *(sys.argv[1:] if argv is None else argv)])
+main = stage_main("reference")
 
 
 if __name__ == "__main__":

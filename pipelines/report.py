@@ -22,7 +22,7 @@ from dice_core.reporting.tables import emissions_table, table1, table2
 from dice_core.tracking import total_emissions
 from dice_core.training.runner import parent_tracker
 
-from .stage_params import add_params_argument, stage_params
+from .stage_params import add_params_argument, stage_main, stage_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,9 +78,7 @@ def run(args: argparse.Namespace) -> dict:
     return {"results": [r.model for r in results], "output": str(out)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import main as dice_main
-    return dice_main(["report", *(sys.argv[1:] if argv is None else argv)])
+main = stage_main("report")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 
 from pydantic import ValidationError
 
@@ -25,3 +27,11 @@ def stage_params(args: argparse.Namespace, section: str, flags: dict) -> tuple[P
                              f"{e['msg']}" for e in error.errors())
         raise ParamsError(problems) from None
     return params, updated
+
+
+def stage_main(command: str) -> Callable[[list[str] | None], int]:
+    """``python -m pipelines.<stage>`` runs exactly what ``dice <stage>`` runs."""
+    def main(argv: list[str] | None = None) -> int:
+        from pipelines.cli import main as dice_main
+        return dice_main([command, *(sys.argv[1:] if argv is None else argv)])
+    return main

@@ -18,6 +18,8 @@ from dice_core.config import DEFAULT_PARAMS, load_params
 from dice_core.models import get_preset
 from dice_core.text_table import format_table
 
+from .stage_params import stage_main
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default=str(DEFAULT_PARAMS),
@@ -75,9 +77,7 @@ def run(args: argparse.Namespace) -> list[StaticReport]:
     return reports
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import main as dice_main
-    return dice_main(["static", *(sys.argv[1:] if argv is None else argv)])
+main = stage_main("static")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 from dice_core.models import get_preset
 from dice_core.training.runner import train_models
 
-from .stage_params import add_params_argument, stage_params
+from .stage_params import add_params_argument, stage_main, stage_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,9 +52,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     return summaries
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import main as dice_main
-    return dice_main(["train", *(sys.argv[1:] if argv is None else argv)])
+main = stage_main("train")
 
 
 if __name__ == "__main__":
