@@ -237,3 +237,18 @@ def test_dice_train_accepts_a_family_name():
     assert select_models(["dit"], ["dice-t", "dit-t"]) == ["dit-t"]
     assert select_models(["dimr-t"], ["dice-t"]) == ["dimr-t"]
     assert select_models(None, ["dice-t", "dit-t"]) == ["dice-t", "dit-t"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 needs a GPU (DeepSpeed)")
+def test_fp16_loss_scaling_skips_a_non_finite_step(tmp_path, shards, mlflow_server,
+                                                   monkeypatch):
+    monkeypatch.setattr(loop_module, "diffusion_inputs", nan_noise_at({2}))
+    summary = train_model(make_params(tmp_path, shards, mlflow_server.uri, precision="fp16",
+                                      device="cuda"), "dit-t")
+    client = MlflowClient(mlflow_server.uri)
+    skipped = {m.step: m.value for m in client.get_metric_history(summary["run_id"],
+                                                                  "train/skipped_steps")}
+    assert skipped[3] == 1 and summary["status"] == "FINISHED"
+    scales = [m.value for m in client.get_metric_history(summary["run_id"], "train/loss_scale")]
+    assert scales[2] <= scales[1]   # never raised by an overflow (hysteresis may delay a cut)
