@@ -97,14 +97,21 @@ def test_a_stage_killed_with_sigkill_and_rerun_gives_complete_correct_shards(tmp
     assert not list(out.glob("*.partial"))
 
 
-@pytest.mark.slow
-def test_dvc_repro_runs_prepare_and_encode_and_only_what_a_parameter_touches(tmp_path):
-    copy_project(tmp_path)
+def scratch_project(folder, resolution):
+    """This project's code in ``folder`` with params for 8 shapes of 2 classes; returns the
+    params (not yet written, for the test to adjust)."""
+    copy_project(folder)
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    params["prepare"].update(source="shapes", resolution=16, shard_size=4,
-                             shapes={"num_classes": 2, "image_size": 16,
+    params["prepare"].update(source="shapes", resolution=resolution, shard_size=4,
+                             shapes={"num_classes": 2, "image_size": resolution,
                                      "count_per_class": {"train": 4}, "seed": 0})
     params["encode"]["device"] = "cpu"
+    return params
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_prepare_and_encode_and_only_what_a_parameter_touches(tmp_path):
+    params = scratch_project(tmp_path, resolution=16)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
     run(["git", "init", "-q"], cwd=tmp_path)
@@ -125,12 +132,7 @@ def test_dvc_repro_runs_prepare_and_encode_and_only_what_a_parameter_touches(tmp
 
 @pytest.mark.slow
 def test_dvc_repro_trains_the_matrix_and_a_longer_run_resumes(tmp_path):
-    copy_project(tmp_path)
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    params["prepare"].update(source="shapes", resolution=8, shard_size=4,
-                             shapes={"num_classes": 2, "image_size": 8,
-                                     "count_per_class": {"train": 4}, "seed": 0})
-    params["encode"]["device"] = "cpu"
+    params = scratch_project(tmp_path, resolution=8)
     params["train"].update(models=["dit-t"], steps=2, global_batch=4, log_every=1,
                            ckpt_every=2, eval_every=2, loader_workers=0, device="cpu")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
