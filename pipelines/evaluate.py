@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from dice_core.data import read_manifest
+from dice_core.data import read_latent_manifest
 from dice_core.data.encoders import pick_device
 from dice_core.evaluation.evaluate import evaluate_model
 from dice_core.models.serialization import load_model
@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> dict:
                          f"{args.model}) or pass --checkpoint FILE")
     model = load_model(weights, pick_device(config.device)).eval()
     out_dir = Path(config.output) / args.model
-    metrics = evaluate_model(model, read_manifest(params.train.data), config, params.seed,
-                             out_dir, progress=True)
+    manifest = read_latent_manifest(params.train.data)
+    metrics = evaluate_model(model, manifest, config, params.seed, out_dir, progress=True)
     print(json.dumps(metrics, indent=2))
     print(f"wrote samples.npz, grid.png and metrics.json to {out_dir}")
     return metrics

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from dice_core.analysis.static import analyze
-from dice_core.data import read_manifest
+from dice_core.data import read_latent_manifest
 from dice_core.metrics import metric_names
 from dice_core.reporting.collect import collect
 from dice_core.reporting.figures import bubbles, curve
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     network = params.evaluate.feature_network
     names = metric_names(network)
-    manifest = read_manifest(params.train.data)
+    manifest = read_latent_manifest(params.train.data)
     channels, size, _ = manifest["latent_shape"]
     overrides = {"in_channels": channels, "input_size": size,
                  "num_classes": manifest["num_classes"], **params.train.model_overrides}

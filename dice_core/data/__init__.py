@@ -5,7 +5,7 @@ from .encoders import PixelEncoder, VAEEncoder, load_encoder
 from .errors import DataError
 from .fashion_mnist import FashionMNIST
 from .imagenet import ImageNetFolder
-from .loader import LatentBatch, LatentShards, make_loader
+from .loader import LatentBatch, LatentShards, make_loader, read_latent_manifest
 from .prepare import prepare_dataset
 from .preprocess import center_crop_resize
 from .shapes import Shapes
@@ -31,6 +31,7 @@ __all__ = [
     "make_loader",
     "open_source",
     "prepare_dataset",
+    "read_latent_manifest",
     "read_manifest",
     "read_shard",
     "try_decode",

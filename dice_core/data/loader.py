@@ -35,6 +35,15 @@ class LatentBatch(NamedTuple):
     keys: list[str]
 
 
+def read_latent_manifest(folder: str | Path) -> dict:
+    """The manifest of a latent shard set, refused when the folder holds something else."""
+    manifest = read_manifest(folder)
+    if manifest.get("kind") != "latents":
+        raise DataError(f"{folder} does not hold latents; point the loader (train.data) at the "
+                        "encode stage's output")
+    return manifest
+
+
 class LatentShards(IterableDataset):
     """Iterable of ``LatentBatch`` for one rank; use ``make_loader`` to get them in order."""
 
@@ -42,10 +51,7 @@ class LatentShards(IterableDataset):
                  rank: int = 0, world_size: int = 1, num_workers: int = 0,
                  start_batch: int = 0):
         self.folder = Path(folder)
-        manifest = read_manifest(self.folder)
-        if manifest.get("kind") != "latents":
-            raise DataError(f"{self.folder} does not hold latents; point the loader at the "
-                            "encode stage's output")
+        manifest = read_latent_manifest(self.folder)
         self.records = [r for r in manifest["shards"] if r["split"] == split and r["count"] > 0]
         if not self.records:
             raise DataError(f"{self.folder} has no '{split}' samples; check prepare.splits")

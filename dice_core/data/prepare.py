@@ -56,7 +56,8 @@ def prepare_dataset(source, out_dir: str | Path, *, splits: Sequence[str], resol
     if total == 0:
         raise DataError(f"the {source.name} source has no images in {list(splits)}; check "
                         "`prepare.root` and `prepare.splits` in params.yaml")
-    builder = ShardSetBuilder(out_dir, {**(fingerprint or {}), "source": source.identity(),
+    identity = source.identity()   # listing an ImageNet folder is slow: once
+    builder = ShardSetBuilder(out_dir, {**(fingerprint or {}), "source": identity,
                                         "splits": list(splits), "resolution": resolution,
                                         "shard_size": shard_size, "limit_per_class": limit})
     allowed = max_corrupt_fraction * total
@@ -95,6 +96,6 @@ def prepare_dataset(source, out_dir: str | Path, *, splits: Sequence[str], resol
         bar.close()
         if pool:
             pool.shutdown()
-    return builder.finish(kind="images", source=source.identity(), resolution=resolution,
+    return builder.finish(kind="images", source=identity, resolution=resolution,
                           image_shape=[resolution, resolution, 3],
                           num_classes=source.num_classes, class_names=list(source.class_names))

@@ -22,6 +22,7 @@ import numpy as np
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 from webdataset.writer import TarWriter
 
+from ..durable import append_line, write_json_atomic, write_text_atomic
 from .errors import DataError
 
 SHARD_NAME = "shard-{:06d}.tar"
@@ -47,12 +48,6 @@ def make_sample(key: str, label: int, arrays: dict[str, np.ndarray]) -> dict:
 
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(partial, path)
 
 
 def write_shard(path: Path, samples: Iterable[dict]) -> dict:
@@ -209,9 +204,7 @@ class ShardSetBuilder:
     def _rewrite_journal(self, records: list[dict]) -> None:
         lines = [json.dumps({"fingerprint": self.fingerprint}, sort_keys=True)]
         lines += [json.dumps(record, sort_keys=True) for record in records]
-        partial = self.journal.with_name(JOURNAL + ".partial")
-        partial.write_text("\n".join(lines) + "\n")
-        os.replace(partial, self.journal)
+        write_text_atomic(self.journal, "\n".join(lines) + "\n")
 
     def is_done(self, index: int) -> bool:
         return index < len(self.records)
@@ -222,10 +215,7 @@ class ShardSetBuilder:
             raise RuntimeError(f"shard {index} written out of order (next is {len(self.records)})")
         record = {**write_shard(self.folder / SHARD_NAME.format(index), samples), **extra}
         record = json.loads(json.dumps(record))  # as it will read back: string keys
-        with open(self.journal, "a") as journal:
-            journal.write(json.dumps(record, sort_keys=True) + "\n")
-            journal.flush()
-            os.fsync(journal.fileno())
+        append_line(self.journal, json.dumps(record, sort_keys=True))
         self.records.append(record)
         return record
 

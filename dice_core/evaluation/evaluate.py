@@ -3,7 +3,6 @@ samples (ADM-format .npz and a grid PNG) and ADM's metrics in the chosen feature
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from PIL import Image
 from dice_core.config import EvaluateParams
 from dice_core.data import read_manifest, read_shard
 from dice_core.data.encoders import decoder_for, pick_device
+from dice_core.durable import replace_atomically, write_text_atomic
 from dice_core.metrics import (compute_metrics, extract_features, load_effnet_lite0,
                                load_fid_inception, load_reference, save_reference)
 
@@ -55,40 +55,52 @@ def build_reference(config: EvaluateParams, prepared_dir: str | Path,
     return {**meta, "count": len(images)}
 
 
+class Evaluator:
+    """Everything an evaluation needs besides the model, loaded once (the reference, checked
+    against the data; the decoder; the feature network; the class-accuracy model, if any), so
+    that training can evaluate every ``eval_every`` steps without loading them again."""
+
+    def __init__(self, latents_manifest: dict, config: EvaluateParams, seed: int):
+        self.manifest, self.config, self.seed = latents_manifest, config, seed
+        self.reference, _ = load_reference(
+            config.reference, reference_identity(latents_manifest, config.feature_network))
+        self.decoder = decoder_for(latents_manifest, config.device)
+        self.network = feature_network(config)
+        self.classifier = None
+        if config.classifier and Path(config.classifier).is_file():
+            self.classifier, self.classifier_meta = load_classifier(
+                config.classifier, pick_device(config.device))
+            if self.classifier_meta["num_classes"] != latents_manifest["num_classes"]:
+                raise ValueError(
+                    f"the classifier {config.classifier} knows "
+                    f"{self.classifier_meta['num_classes']} classes, the data "
+                    f"{latents_manifest['num_classes']}; retrain it (dvc repro classifier)")
+
+    def __call__(self, model, out_dir: str | Path, progress: bool = False) -> dict:
+        """Samples ``model`` (the EMA weights) and writes ``samples.npz`` (``arr_0``: uint8 NHWC,
+        for OpenAI's evaluator), ``grid.png`` and ``metrics.json`` into ``out_dir``."""
+        config, num_classes = self.config, self.manifest["num_classes"]
+        images = sample_images(model, self.decoder, count=config.samples,
+                               num_classes=num_classes, seed=self.seed,
+                               latent_shape=tuple(self.manifest["latent_shape"]),
+                               sampler=config.sampler, steps=config.steps,
+                               batch_size=config.batch_size, progress=progress)
+        features = extract_features(self.network, images, config.batch_size)
+        metrics = compute_metrics(self.reference, features, config.feature_network)
+        if self.classifier is not None:
+            labels = fixed_labels(config.samples, num_classes).numpy()
+            metrics["class_accuracy"] = class_accuracy(self.classifier, images, labels)
+            metrics["classifier_real_accuracy"] = self.classifier_meta["heldout_accuracy"]
+        metrics.update(sampler=config.sampler, sampling_steps=config.steps)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        replace_atomically(out_dir / "samples.npz", lambda f: np.savez(f, arr_0=images))
+        Image.fromarray(image_grid(images[:64])).save(out_dir / "grid.png")
+        write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+        return metrics
+
+
 def evaluate_model(model, latents_manifest: dict, config: EvaluateParams, seed: int,
-                   out_dir: str | Path, network=None, progress: bool = False) -> dict:
-    """Samples ``model`` (the EMA weights) and writes ``samples.npz`` (``arr_0``: uint8 NHWC, for
-    OpenAI's evaluator), ``grid.png`` and ``metrics.json`` into ``out_dir``."""
-    reference, _ = load_reference(config.reference,
-                                  reference_identity(latents_manifest, config.feature_network))
-    images = sample_images(model, decoder_for(latents_manifest, config.device),
-                           count=config.samples, num_classes=latents_manifest["num_classes"],
-                           seed=seed, latent_shape=tuple(latents_manifest["latent_shape"]),
-                           sampler=config.sampler, steps=config.steps,
-                           batch_size=config.batch_size, progress=progress)
-    features = extract_features(network or feature_network(config), images, config.batch_size)
-    metrics = compute_metrics(reference, features, config.feature_network)
-    if config.classifier and Path(config.classifier).is_file():
-        classifier, meta = load_classifier(config.classifier, pick_device(config.device))
-        if meta["num_classes"] != latents_manifest["num_classes"]:
-            raise ValueError(f"the classifier {config.classifier} knows {meta['num_classes']} "
-                             f"classes, the data {latents_manifest['num_classes']}; retrain "
-                             "it (dvc repro classifier)")
-        labels = fixed_labels(config.samples, latents_manifest["num_classes"]).numpy()
-        metrics["class_accuracy"] = class_accuracy(classifier, images, labels)
-        metrics["classifier_real_accuracy"] = meta["heldout_accuracy"]
-    metrics.update(sampler=config.sampler, sampling_steps=config.steps)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(out_dir / "samples.npz", lambda f: np.savez(f, arr_0=images))
-    Image.fromarray(image_grid(images[:64])).save(out_dir / "grid.png")
-    write_atomically(out_dir / "metrics.json",
-                     lambda f: f.write(json.dumps(metrics, indent=2).encode()))
-    return metrics
-
-
-def write_atomically(path: Path, write) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
-        write(handle)
-    os.replace(partial, path)
+                   out_dir: str | Path, progress: bool = False) -> dict:
+    """One evaluation of ``model``; see ``Evaluator``."""
+    return Evaluator(latents_manifest, config, seed)(model, out_dir, progress)

@@ -9,11 +9,12 @@ Inception reference.
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from dice_core.durable import replace_atomically
 
 from .errors import MetricsError, ReferenceMismatchError
 from .feature_set import FeatureSet
@@ -34,10 +35,7 @@ def save_reference(path: str | Path, features: FeatureSet, meta: dict) -> None:
     if features.pool is not None:
         arrays["features"] = spread_subset(features.pool, MAX_REFERENCE_FEATURES)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as file:
-        np.savez(file, **arrays)
-    os.replace(partial, path)
+    replace_atomically(path, lambda stream: np.savez(stream, **arrays))
 
 
 def spread_subset(rows: np.ndarray, limit: int) -> np.ndarray:

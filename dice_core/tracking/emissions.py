@@ -11,7 +11,7 @@ from pathlib import Path
 from codecarbon import OfflineEmissionsTracker
 from codecarbon.output import BaseOutput, EmissionsData
 
-from .durable import read_json, write_json_atomic
+from dice_core.durable import read_json, write_json_atomic
 
 PAPER_BOARD_POWER_WATTS = 350.0
 PAPER_GRID_G_PER_KWH = 560.0

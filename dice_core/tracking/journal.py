@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from .durable import append_line, fsync_tree, write_text_atomic
+from dice_core.durable import append_line, fsync_tree, write_text_atomic
 
 PENDING_FILE = "pending.jsonl"
 PENDING_ARTIFACTS = "pending_artifacts"

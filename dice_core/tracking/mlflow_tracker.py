@@ -34,7 +34,7 @@ from mlflow.utils.validation import (  # noqa: E402
     MAX_TAG_VAL_LENGTH,
 )
 
-from .durable import read_json, write_json_atomic  # noqa: E402
+from dice_core.durable import read_json, write_json_atomic  # noqa: E402
 from .journal import Journal  # noqa: E402
 from .system_metrics import SystemSampler  # noqa: E402
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch.distributed as dist
 from safetensors.torch import load_file
 
+from dice_core.durable import write_json_atomic
 from dice_core.models.serialization import save_model
 
 LATEST = "latest.json"
@@ -29,15 +30,6 @@ class CheckpointMismatch(ValueError):
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
 
 
 def differences(saved: dict, current: dict) -> list[str]:
@@ -57,6 +49,10 @@ class CheckpointStore:
             return None
         latest = json.loads(path.read_text())
         return latest if (self.folder / latest["tag"]).is_dir() else None
+
+    def latest_ema(self) -> Path | None:
+        latest = self.latest()
+        return None if latest is None else self.folder / latest["tag"] / EMA_FILE
 
     def save(self, engine, ema, state: dict) -> Path:
         """All ranks call this; ``state`` (JSON) holds the step and the run's signature."""
@@ -112,7 +108,5 @@ class CheckpointStore:
 
 
 def ema_weights_path(run_dir: str | os.PathLike) -> Path | None:
-    """The EMA weights of the latest checkpoint (a ``load_model`` file)."""
-    store = CheckpointStore(run_dir)
-    latest = store.latest()
-    return None if latest is None else store.folder / latest["tag"] / EMA_FILE
+    """The EMA weights of the run's latest checkpoint (a ``load_model`` file)."""
+    return CheckpointStore(run_dir).latest_ema()

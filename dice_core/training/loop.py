@@ -21,17 +21,18 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from dice_core.config import Params
-from dice_core.data import make_loader, read_manifest
+from dice_core.data import make_loader, read_latent_manifest
 from dice_core.data.encoders import decoder_for, pick_device
 from dice_core.diffusion import create_diffusion
+from dice_core.durable import write_json_atomic
 from dice_core.ema import create_ema
-from dice_core.evaluation.evaluate import evaluate_model
+from dice_core.evaluation.evaluate import Evaluator
 from dice_core.evaluation.sampling import image_grid, sample_images
 from dice_core.models import build_model, drop_labels, get_preset
 from dice_core.seeding import DIFFUSION_INPUTS, seeded_generator
 from dice_core.tracking import EmissionsMeter, RunTracker
 
-from .checkpoint import CheckpointStore, write_json_atomic
+from .checkpoint import CheckpointStore
 from .engine import deepspeed_config, initialize_engine, model_dtype, resolve_precision
 from .errors import NonFiniteLoss
 from .layout import batch_layout
@@ -107,7 +108,7 @@ def train_model(params: Params, model_name: str, worker: Worker | None = None) -
     is_main = rank == 0
 
     # --- set-up ---------------------------------------------------------------------------
-    manifest = read_manifest(train.data)
+    manifest = read_latent_manifest(train.data)
     layout = batch_layout(train.global_batch, train.micro_batch, world_size)
     device = worker.device or pick_device(train.device)
     precision = resolve_precision(train.precision, device)
@@ -170,30 +171,33 @@ def train_model(params: Params, model_name: str, worker: Worker | None = None) -
                          start_batch=start_step * layout.accumulation)
     hashes = InputHashLog(run_dir / f"input_hashes.rank{rank}.txt", start_step)
 
+    evaluator = None   # built at the first evaluation, then reused
+    grid_decoder = None
+    warned_no_reference = False
+
     def evaluate(ema_model, step: int) -> None:
         """ADM's metrics at this step when there is a reference, else the sample grid alone."""
+        nonlocal evaluator, grid_decoder, warned_no_reference
         if Path(params.evaluate.reference).is_file():
-            metrics = evaluate_model(ema_model, manifest, params.evaluate, seed,
-                                     run_dir / "eval" / f"step-{step:07d}")
+            evaluator = evaluator or Evaluator(manifest, params.evaluate, seed)
+            folder = run_dir / "eval" / f"step-{step:07d}"
+            metrics = evaluator(ema_model, folder)
             tracker.log_metrics({f"eval/{key}": value for key, value in metrics.items()
                                  if isinstance(value, (int, float))}, step=step)
             if params.tracking.log_images:
-                tracker.log_artifact(run_dir / "eval" / f"step-{step:07d}" / "grid.png",
-                                     f"samples/step-{step:07d}")
+                tracker.log_artifact(folder / "grid.png", f"samples/step-{step:07d}")
             return
-        nonlocal warned_no_reference
         if not warned_no_reference:
             warned_no_reference = True
             print(f"no reference statistics at {params.evaluate.reference}: evaluation logs "
                   "sample grids only; run `dvc repro reference` for the metrics")
         if params.tracking.log_images:
+            grid_decoder = grid_decoder or decoder_for(manifest, str(device))
             grid = image_grid(sample_images(
-                ema_model, decoder_for(manifest, str(device)), count=GRID_SAMPLES,
-                num_classes=num_classes, seed=seed, latent_shape=tuple(manifest["latent_shape"]),
+                ema_model, grid_decoder, count=GRID_SAMPLES, num_classes=num_classes,
+                seed=seed, latent_shape=tuple(manifest["latent_shape"]),
                 sampler=params.evaluate.sampler, steps=params.evaluate.steps))
             tracker.log_image(grid, f"samples/step-{step:07d}.png")
-
-    warned_no_reference = False
 
     # --- the loop ---------------------------------------------------------------------------
     bar = tqdm(total=train.steps, initial=start_step, desc=model_name, unit="step",
@@ -280,7 +284,7 @@ def train_model(params: Params, model_name: str, worker: Worker | None = None) -
             tracker.log_metrics(totals, step=completed)
             summary["emissions"] = totals
         if is_main and status == "FINISHED":
-            final = store.folder / store.latest()["tag"] / "ema.safetensors"
+            final = store.latest_ema()
             tracker.log_artifact(final, "ema")
             summary["ema_weights"] = str(final)
         tracker.close(status=status)

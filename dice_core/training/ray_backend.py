@@ -11,8 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dice_core.config import Params
+from dice_core.durable import write_json_atomic
 
-from .checkpoint import LATEST, STATE_FILE, CheckpointStore, barrier, write_json_atomic
+from .checkpoint import LATEST, STATE_FILE, CheckpointStore, barrier
 from .loop import Worker, train_model
 
 

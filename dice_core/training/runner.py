@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from dice_core.config import Params
-from dice_core.data import read_manifest
+from dice_core.data import read_latent_manifest
 from dice_core.data.encoders import pick_device
 from dice_core.tracking import RunTracker, open_parent_run, total_emissions
 
@@ -29,10 +29,7 @@ def preflight(params: Params) -> None:
     resolve_precision(train.precision, pick_device(train.device))
     if train.backend == "local" and train.workers != 1:
         raise ValueError("train.workers > 1 needs train.backend: ray")
-    manifest = read_manifest(train.data)
-    if manifest.get("kind") != "latents":
-        raise ValueError(f"train.data = {train.data} holds no latents; point it at the encode "
-                         "stage's output")
+    read_latent_manifest(train.data)
 
 
 def train_models(params: Params, models: list[str]) -> list[dict]:

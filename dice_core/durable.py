@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def append_line(path: Path, line: str) -> None:
@@ -14,14 +16,19 @@ def append_line(path: Path, line: str) -> None:
         os.fsync(stream.fileno())
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``: readers see the old file or the new one, never a part."""
+def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Replace ``path`` with what ``write`` puts into the stream it is given: readers see the
+    old file or the new one, never a part."""
     partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", encoding="utf-8") as stream:
-        stream.write(text)
+    with open(partial, "wb") as stream:
+        write(stream)
         stream.flush()
         os.fsync(stream.fileno())
     os.replace(partial, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    replace_atomically(path, lambda stream: stream.write(text.encode("utf-8")))
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
