@@ -60,6 +60,22 @@ class PrepareParams(Section):
     output: str = "data/prepared"
 
 
+class AutoencoderParams(Section):
+    """A small diffusers.AutoencoderKL trained on the prepared images: the embedded latent
+    space (encode.encoder vae with encode.vae pointing at ``output``)."""
+    output: str = "data/autoencoder"
+    split: Literal["train", "val"] = "train"
+    image_channels: int = Field(1, ge=1, le=3)     # grey data stays one channel
+    latent_channels: int = Field(4, ge=1)
+    block_out_channels: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
+    steps: int = Field(500, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    kl_weight: float = Field(1e-6, ge=0)
+    holdout: int = Field(500, ge=1)                # images kept out to measure reconstruction
+    device: str = "auto"
+
+
 class EncodeParams(Section):
     """VAE moments (or pixels) of every prepared image and its mirror, as latent shards."""
     encoder: Literal["pixels", "vae"] = "pixels"
@@ -82,6 +98,7 @@ class TrainParams(Section):
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     ema_decay: float = Field(0.9999, ge=0, lt=1)
+    ema_warmup: bool = False     # decay min(ema_decay, (1 + n) / (10 + n)) after n updates
     precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     activation_checkpointing: bool = True
     zero_stage: int = Field(0, ge=0, le=2)   # stage 3 would hide forward_stages from ZeRO
@@ -99,6 +116,13 @@ class TrainParams(Section):
     model_overrides: dict[str, float | int] = Field(default_factory=dict)
 
 
+class InTrainingEvaluation(Section):
+    """What evaluations inside training change from the final one (None = the same)."""
+    samples: int | None = Field(None, ge=2)
+    sampler: Literal["ddpm", "ddim", "dpm-solver"] | None = None
+    steps: int | None = Field(None, ge=2)
+
+
 class EvaluateParams(Section):
     """Sampling and ADM metrics (DESIGN.md §4): in training every train.eval_every steps, and
     standalone on any checkpoint. Only the Inception network's results are called FID/sFID/IS;
@@ -114,6 +138,11 @@ class EvaluateParams(Section):
     classifier: str | None = "data/classifier.safetensors"   # class accuracy when it exists
     device: str = "auto"
     output: str = "results/eval"
+    in_training: InTrainingEvaluation = Field(default_factory=InTrainingEvaluation)
+
+    def for_training(self) -> "EvaluateParams":
+        changes = {k: v for k, v in self.in_training.model_dump().items() if v is not None}
+        return self.model_copy(update=changes)
 
 
 class ClassifierParams(Section):
@@ -134,6 +163,7 @@ class ReportParams(Section):
     device: str = "cpu"          # where Table 2's samples/s is measured, for every model
     ddpm_steps: int = Field(250, ge=2)
     timed_steps: int | None = Field(2, ge=2)
+    bootstrap: int = Field(200, ge=10)            # resamples behind each 95% interval
 
 
 class TrackingParams(Section):
@@ -156,6 +186,7 @@ class Params(Section):
     seed: int = 42
     static: StaticParams
     prepare: PrepareParams
+    autoencoder: AutoencoderParams = Field(default_factory=AutoencoderParams)
     encode: EncodeParams
     train: TrainParams
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)

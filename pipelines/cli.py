@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from dice_core.config import ParamsError
 from dice_core.training.errors import NonFiniteLoss
 from dice_core.models import get_preset, list_models
 
-from . import classifier, encode, evaluate, prepare, reference, report, static, train
+from . import autoencoder, classifier, encode, evaluate, prepare, reference, report, static, train
+from .stage_times import record_stage_time
 
 
 STAGES = [(static, "parameters, multiply-adds, samples/s"),
           (prepare, "decode, crop and shard the images"),
+          (autoencoder, "train the small autoencoder of the embedded data"),
           (encode, "encode image shards to latent shards"),
           (train, "train the models (DeepSpeed, Ray Train)"),
           (reference, "feature statistics of the real images"),
@@ -34,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     for stage, summary in STAGES:
         stage_parser = commands.add_parser(stage.__name__.rsplit(".", 1)[1], help=summary)
         stage.add_arguments(stage_parser)
-        stage_parser.set_defaults(handler=stage.run)
+        stage_parser.set_defaults(handler=stage.run, timed=True)
 
     models_parser = commands.add_parser("models", help="list the model presets")
     models_parser.add_argument("--family", choices=["dice", "dit", "dimr"])
@@ -44,8 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    started = time.perf_counter()
     try:
         args.handler(args)
+        if getattr(args, "timed", False):
+            record_stage_time(args, time.perf_counter() - started)
     except (ParamsError, ValueError, NonFiniteLoss) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

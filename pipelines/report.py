@@ -11,18 +11,34 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dice_core.analysis.static import analyze
+from dice_core.config import Params
 from dice_core.data import read_latent_manifest
-from dice_core.metrics import metric_names
+from dice_core.data.autoencoder import read_metadata
+from dice_core.data.encoders import decoder_for
+from dice_core.evaluation.classifier import (holdout_split, load_classifier,
+                                             reconstruction_accuracy)
+from dice_core.evaluation.evaluate import prepared_images, reference_identity
+from dice_core.metrics import load_reference, metric_names
+from dice_core.models import get_preset
 from dice_core.reporting.collect import collect
 from dice_core.reporting.figures import bubbles, curve
+from dice_core.reporting.intervals import sample_intervals
+from dice_core.reporting.sections import (autoencoder_section, protocol_notes,
+                                          ranking_section, read_stage_times,
+                                          stage_times_section)
 from dice_core.reporting.tables import emissions_table, table1, table2
 from dice_core.tracking import total_emissions
 from dice_core.training.runner import parent_tracker
 
+from .stage_times import STAGE_TIMES
 from .stage_params import add_params_argument, stage_main, stage_params
+
+RANKED = {"fd": "FD", "is": "IS", "precision": "precision", "recall": "recall",
+          "class_accuracy": "class accuracy"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +62,10 @@ def run(args: argparse.Namespace) -> dict:
         r.static = analyze(r.model, overrides, config.device, torch.float32, 1,
                            config.ddpm_steps, config.timed_steps).as_dict()
     totals = total_emissions([r.emissions for r in results])
+    intervals = final_intervals(params, manifest, results, config.bootstrap)
+    dice_models = [m for m in params.train.models if get_preset(m).family == "dice"]
+    autoencoder = autoencoder_check(params, manifest)
+    times = read_stage_times(STAGE_TIMES)
 
     figures = [curve(results, names["fd"], names["fd"], out / "fig11_fd_vs_step.png"),
                curve(results, names["is"], names["is"], out / "fig12_is_vs_step.png"),
@@ -55,7 +75,15 @@ def run(args: argparse.Namespace) -> dict:
         f"## Table 1: sample quality at the final evaluation\n\n{table1(results, network)}\n\n"
         f"## Table 2: cost (samples/s at {config.ddpm_steps} DDPM steps, batch 1, "
         f"{config.device})\n\n{table2(results)}\n\n"
+        f"## Ranking with 95% intervals (final evaluation)\n\n"
+        f"{ranking_section(intervals, RANKED, dice_models[0] if dice_models else None)}\n\n"
+        f"## Where this run departs from the paper's protocol\n\n"
+        f"{protocol_notes(params, manifest)}\n\n"
+        f"## Autoencoder\n\n{autoencoder_section(*autoencoder)}\n\n"
         f"## Emissions\n\n{emissions_table(results, totals)}\n\n"
+        f"## Stage wall times\n\n{stage_times_section(times)}\n\n"
+        "Final sample grids: "
+        + ", ".join(f"[{r.model}](../eval/{r.model}/grid.png)" for r in results) + "\n\n"
         + "".join(f"![{f.stem}]({f.name})\n\n" for f in figures))
     (out / "table1.json").write_text(json.dumps({r.model: r.final for r in results}, indent=2))
     (out / "table2.json").write_text(json.dumps({r.model: r.static for r in results}, indent=2))
@@ -70,12 +98,68 @@ def run(args: argparse.Namespace) -> dict:
     parent = parent_tracker(params)
     parent.log_metrics({f"{r.model}/{key}": value for r in results
                         for key, value in r.final.items() if isinstance(value, (int, float))}
-                       | {f"total/{key}": value for key, value in totals.items()}, step=0)
+                       | {f"total/{key}": value for key, value in totals.items()}
+                       | interval_metrics(intervals) | autoencoder_metrics(*autoencoder)
+                       | {f"stage_seconds/{stage.replace('@', '/')}": record["seconds"]
+                          for stage, record in times.items()}, step=0)
     for path in sorted(out.iterdir()):
         parent.log_artifact(path, "report")
     parent.close()
     print(f"wrote {out / 'report.md'} with {len(figures)} figures")
     return {"results": [r.model for r in results], "output": str(out)}
+
+
+def final_intervals(params: Params, manifest: dict, results, resamples: int) -> dict:
+    """Per model, the 95% intervals of its final evaluation's metrics (see intervals.py)."""
+    network = params.evaluate.feature_network
+    names = metric_names(network)
+    reference, _ = load_reference(params.evaluate.reference,
+                                  reference_identity(manifest, network))
+    intervals = {}
+    for r in results:
+        features = Path(params.evaluate.output) / r.model / "features.npz"
+        if not features.is_file():
+            continue
+        with np.load(features) as data:
+            per_sample = {key: data[key] for key in data.files}
+        point = {key: r.final[names.get(key, key)] for key in RANKED
+                 if names.get(key, key) in r.final}
+        intervals[r.model] = sample_intervals(per_sample, *reference.pool_statistics(),
+                                              reference.pool, point, resamples, params.seed)
+    return intervals
+
+
+def autoencoder_check(params: Params, manifest: dict):
+    """(the autoencoder's metadata, the classifier's accuracy on reconstructions of its
+    held-out real images, its accuracy on those images), None where not applicable."""
+    if manifest["encoder"] == "pixels":
+        return None, None, None
+    meta = read_metadata(manifest["encoder_source"])
+    if not (params.evaluate.classifier and Path(params.evaluate.classifier).is_file()):
+        return meta, None, None
+    classifier, classifier_meta = load_classifier(params.evaluate.classifier,
+                                                  torch.device("cpu"))
+    images, labels = prepared_images(params.prepare.output, params.classifier.split)
+    _, held = holdout_split(len(images), params.classifier.holdout_fraction, params.seed)
+    accuracy = reconstruction_accuracy(classifier, decoder_for(manifest, "cpu"), images[held],
+                                       labels[held])
+    return meta, accuracy, classifier_meta["heldout_accuracy"]
+
+
+def interval_metrics(intervals: dict) -> dict:
+    return {f"{model}/{metric}_ci95_{side}": getattr(interval, side)
+            for model, per_metric in intervals.items()
+            for metric, interval in per_metric.items() for side in ("low", "high")}
+
+
+def autoencoder_metrics(meta, reconstruction, real) -> dict:
+    metrics = {} if meta is None else {
+        "autoencoder/reconstruction_mse": meta["reconstruction_mse"],
+        "autoencoder/scale_factor": meta["scale_factor"]}
+    if reconstruction is not None:
+        metrics |= {"autoencoder/classifier_accuracy_reconstructed": reconstruction,
+                    "autoencoder/classifier_accuracy_real": real}
+    return metrics
 
 
 main = stage_main("report")

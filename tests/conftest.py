@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -9,6 +10,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # Tests are offline by rule: the hub must not spend its retries on a network that is not there.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Stage commands run by the tests record their times here, not in the project's results/.
+os.environ.setdefault("DICE_STAGE_TIMES", os.path.join(tempfile.mkdtemp(), "stage_times.jsonl"))
 
 @pytest.fixture(autouse=True)
 def _deterministic():

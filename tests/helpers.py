@@ -84,5 +84,12 @@ def training_params(tmp_path, shards, uri, **train) -> dict:
                          "activation_checkpointing": False, **train})
     raw["tracking"].update(uri=uri, experiment=tmp_path.name, log_images=False,
                            retry_seconds=0.1)
-    raw["evaluate"].update(reference=str(tmp_path / "no-reference.npz"), steps=10)
+    raw["evaluate"].update(reference=str(tmp_path / "no-reference.npz"), samples=4, steps=10,
+                           in_training={"samples": None, "sampler": None, "steps": None})
     return raw
+
+
+def tiny_autoencoder_params(**overrides) -> dict:
+    """An autoencoder stage that trains in a second or two, for scratch `dvc repro` runs."""
+    return {"block_out_channels": [8, 16], "steps": 2, "batch_size": 4, "holdout": 2,
+            "device": "cpu", **overrides}

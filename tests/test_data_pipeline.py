@@ -13,7 +13,7 @@ import yaml
 
 from dice_core.data import read_manifest, read_shard
 from dice_core.training.engine import child_process_env
-from helpers import copy_project
+from helpers import copy_project, tiny_autoencoder_params
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -34,8 +34,8 @@ def shapes_params(folder, count=8, shard_size=5, **prepare):
         "shapes": {"num_classes": 3, "image_size": 16, "count_per_class": {"train": count},
                    "seed": 0},
         "output": str(folder / "prepared"), **prepare},
-        encode={"input": str(folder / "prepared"), "output": str(folder / "latents"),
-                "device": "cpu"})
+        encode={"encoder": "pixels", "input": str(folder / "prepared"),
+                "output": str(folder / "latents"), "device": "cpu"})
 
 
 def run(command, cwd=PROJECT, check=True):
@@ -106,6 +106,10 @@ def scratch_project(folder, resolution):
                              shapes={"num_classes": 2, "image_size": resolution,
                                      "count_per_class": {"train": 4}, "seed": 0})
     params["encode"]["device"] = "cpu"
+    params["autoencoder"].update(tiny_autoencoder_params())
+    params["evaluate"].update(samples=4, steps=2, batch_size=4, device="cpu",
+                              in_training={"samples": 4, "sampler": None, "steps": 2})
+    params["classifier"].update(epochs=1, input_size=resolution, device="cpu")
     return params
 
 
@@ -118,6 +122,7 @@ def test_dvc_repro_runs_prepare_and_encode_and_only_what_a_parameter_touches(tmp
     run(["dvc", "init", "-q"], cwd=tmp_path)
     first = run(["dvc", "repro", "encode"], cwd=tmp_path).stdout
     assert "Running stage 'prepare'" in first and "Running stage 'encode'" in first
+    assert "Running stage 'autoencoder'" in first     # the latents are the autoencoder's
     assert "static" not in first
     manifest = read_manifest(tmp_path / "data" / "latents")
     assert manifest["splits"]["train"]["count"] == 8

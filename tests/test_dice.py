@@ -63,3 +63,45 @@ def test_stage_loss_weights_are_validated():
 def test_width_and_depth_lists_must_match():
     with pytest.raises(ValueError, match="one width multiplier per stage"):
         build_model("dice-t", width_multipliers=(1, 2), depths=(6, 2, 1))
+
+
+def nchw_reference_forward(model, x, t, y):
+    """DICE as it was written before channels-last and hand padding: plain NCHW modules."""
+    from dice_core.models.dice import signal_extraction as hands
+    import torch.nn.functional as F
+
+    def block(b, h, c):
+        shift, scale, gate = b.adaLN_modulation(c).chunk(3, dim=1)
+        s = hands(b.dwconv_left(h), b.dwconv_right(h), b.lam).permute(0, 2, 3, 1)
+        s = b.norm(s) * (1 + scale[:, None, None]) + shift[:, None, None]
+        return h + (gate[:, None, None, :] * b.mlp(s)).permute(0, 3, 1, 2)
+
+    c = model.t_embedder(t) + model.y_embedder(y)
+    predictions = []
+    for k in reversed(range(model.num_stages)):
+        x_k = F.avg_pool2d(x, 2 ** k) if k else x
+        if predictions:
+            gate = model.cascade_gates[k](c)[:, :, None, None]
+            x_k = x_k - gate * F.interpolate(predictions[-1][:, :model.in_channels],
+                                             scale_factor=2, mode="nearest")
+        stage = model.stages[k]
+        h = stage.stem(x_k.contiguous())
+        for b in stage.blocks:
+            h = block(b, h, c)
+        predictions.append(stage.head(stage.head_norm(h.permute(0, 2, 3, 1))).permute(0, 3, 1, 2))
+    return predictions[-1]
+
+
+@pytest.mark.parametrize("input_size,channels", [(8, 4), (32, 1)])
+def test_channels_last_dice_with_hand_padding_matches_the_nchw_forward(input_size, channels):
+    """Perturbed weights: an untrained DICE outputs exactly zero, which proves nothing."""
+    model = build_model("dice-t", input_size=input_size, in_channels=channels, num_classes=10)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    x, t, y = model_inputs(model, batch_size=3)
+    out = model(x, t, y)
+    expected = nchw_reference_forward(model, x, t, y)
+    assert out.abs().max() > 1e-3
+    assert (out - expected).abs().max() <= 1e-5 * expected.abs().max()

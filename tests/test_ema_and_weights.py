@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dice_core.ema import create_ema
+from dice_core.ema import create_ema, warmed_up_decay
 from dice_core.models import build_model
 from dice_core.models.serialization import load_model, read_metadata, save_model
 from helpers import model_inputs, train_then_gradients
@@ -21,6 +21,34 @@ def test_ema_first_update_copies_then_follows_the_decay_formula():
     for old, averaged, live in zip(before, ema.module.parameters(), model.parameters()):
         torch.testing.assert_close(averaged, 0.9 * old + 0.1 * live.detach())
     assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_ema_warm_up_follows_min_decay_one_plus_n_over_ten_plus_n():
+    assert warmed_up_decay(0.999, 1) == pytest.approx(2 / 11)
+    assert warmed_up_decay(0.999, 90) == pytest.approx(91 / 100)
+    assert warmed_up_decay(0.999, 10**6) == 0.999
+    model = build_model("dit-t", input_size=8, in_channels=1, num_classes=2)
+    ema = create_ema(model, decay=0.999, warmup=True)
+    ema.update_parameters(model)                    # the copy
+    before = [p.detach().clone() for p in ema.module.parameters()]
+    train_then_gradients(model, 1)
+    ema.update_parameters(model)                    # n = 1: decay 2/11
+    d = 2 / 11
+    for old, averaged, live in zip(before, ema.module.parameters(), model.parameters()):
+        torch.testing.assert_close(averaged, d * old + (1 - d) * live.detach())
+
+
+def test_ema_without_warm_up_is_torchs_own_update_bit_for_bit():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    model = build_model("dit-t", input_size=8, in_channels=1, num_classes=2)
+    ours = create_ema(model, decay=0.99)
+    torchs = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.99), use_buffers=True)
+    for _ in range(3):
+        train_then_gradients(model, 1)
+        ours.update_parameters(model)
+        torchs.update_parameters(model)
+    for a, b in zip(ours.module.parameters(), torchs.module.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_ema_decay_must_be_below_one():

@@ -41,9 +41,12 @@ def encode_dataset(encoder, prepared_dir: str | Path, out_dir: str | Path, *, ba
     if storage_dtype not in STORAGE_DTYPES:
         raise DataError(f"storage dtype {storage_dtype!r} is not one of {list(STORAGE_DTYPES)}")
     dtype = STORAGE_DTYPES[storage_dtype]
+    if hasattr(encoder, "check_made_for"):
+        encoder.check_made_for(prepared)
     resolution = prepared["resolution"]
     latent_shape = encoder.latent_shape(resolution)
     builder = ShardSetBuilder(out_dir, {**(fingerprint or {}), "encoder": encoder.name,
+                                        "encoder_identity": encoder.identity,
                                         "input_sha256": [r["sha256"] for r in prepared["shards"]],
                                         "storage_dtype": storage_dtype})
     total = sum(record["count"] for record in prepared["shards"])
@@ -72,6 +75,7 @@ def encode_dataset(encoder, prepared_dir: str | Path, out_dir: str | Path, *, ba
         bar.close()
     return builder.finish(
         kind="latents", encoder=encoder.name, encoder_source=getattr(encoder, "source", None),
+        encoder_identity=encoder.identity,
         stochastic=encoder.stochastic,
         scale_factor=encoder.scale_factor, latent_shape=list(latent_shape),
         storage_dtype=storage_dtype, resolution=resolution, source=prepared["source"],

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .autoencoder import check_made_for, data_identity, image_tensor, read_metadata
 from .errors import DataError
 
 DEFAULT_VAE = "stabilityai/sd-vae-ft-ema"
@@ -27,11 +28,14 @@ def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
 
 
 class PixelEncoder:
-    """The identity 'VAE': pixels in [-1, 1] with zero variance (the embedded default)."""
+    """The identity 'VAE': pixels in [-1, 1] with zero variance (for tests and comparisons).
+    Its space is bounded, so sampling clips x0 to [-1, 1] there, as ADM does."""
 
     name = "pixels"
     scale_factor = 1.0
     stochastic = False
+    bounded = True
+    identity = None
 
     def __init__(self, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
@@ -49,15 +53,24 @@ class PixelEncoder:
 
 
 class VAEEncoder:
-    """A ``diffusers.AutoencoderKL``: a hub id (cached or downloadable) or a local folder."""
+    """A ``diffusers.AutoencoderKL``: a hub id (cached or downloadable) or a local folder,
+    such as the autoencoder stage's. Latent space is unbounded: sampling does not clip (DiT).
+    Grey images enter a one-channel autoencoder as one channel; decoded images have the
+    autoencoder's channels."""
 
     stochastic = True
+    bounded = False
 
     def __init__(self, source: str, device: str | torch.device = "cpu"):
         from diffusers import AutoencoderKL
 
         self.source = source
         self.device = torch.device(device)
+        if _looks_local(source) and not Path(source).exists():
+            raise DataError(f"no autoencoder at {source}: train it first (dvc repro "
+                            "autoencoder), or set encode.vae to a hub id or to a local folder "
+                            "holding a VAE")
+        self.metadata = read_metadata(source) if Path(source).is_dir() else None
         try:
             vae = AutoencoderKL.from_pretrained(source, low_cpu_mem_usage=False)
         except (OSError, ValueError) as error:
@@ -75,6 +88,19 @@ class VAEEncoder:
     def name(self) -> str:
         return f"vae:{os.path.basename(os.path.normpath(self.source))}"
 
+    @property
+    def identity(self) -> str | None:
+        """The weights' sha256 for an autoencoder of this project: a retrained one is another
+        encoder, whose latents must not be mixed with the old ones."""
+        return self.metadata["weights_sha256"] if self.metadata else None
+
+    def check_made_for(self, prepared_manifest: dict) -> None:
+        check_made_for(self.source, data_identity(prepared_manifest, self.image_channels))
+
+    @property
+    def image_channels(self) -> int:
+        return int(self.vae.config.in_channels)
+
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
         if resolution % self.downsample:
             raise DataError(f"resolution {resolution} is not divisible by the VAE's "
@@ -84,13 +110,20 @@ class VAEEncoder:
 
     @torch.no_grad()
     def moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        posterior = self.vae.encode(to_unit_range(images.to(self.device))).latent_dist
+        pixels = image_tensor(images.cpu().numpy(), self.image_channels).to(self.device)
+        posterior = self.vae.encode(pixels).latent_dist
         return posterior.mean.float(), posterior.logvar.float()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         pixels = self.vae.decode(latents.to(self.device) / self.scale_factor).sample
         return to_uint8(pixels)
+
+
+def _looks_local(source: str) -> bool:
+    """A path rather than a hub id ('owner/name'): absolute, relative or a single name."""
+    return (source.startswith((".", "/", "~")) or source.count("/") != 1
+            or Path(source).parent.is_dir() and Path(source).parent != Path("."))
 
 
 def pick_device(device: str) -> torch.device:
@@ -112,4 +145,9 @@ def decoder_for(manifest: dict, device: str = "auto"):
     """The encoder that wrote a latent shard set, to decode samples back to images."""
     if manifest["encoder"] == "pixels":
         return PixelEncoder(pick_device(device))
-    return VAEEncoder(manifest["encoder_source"], pick_device(device))
+    decoder = VAEEncoder(manifest["encoder_source"], pick_device(device))
+    if manifest.get("encoder_identity") != decoder.identity:
+        raise DataError(f"the autoencoder in {manifest['encoder_source']} is not the one that "
+                        "wrote these latents (it was retrained since): re-encode them with "
+                        "`dvc repro encode`")
+    return decoder

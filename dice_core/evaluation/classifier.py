@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from dice_core.metrics.network_io import to_rgb_nchw
 from dice_core.seeding import seeded_generator
 
 CLASSIFIER_SEED = 6
@@ -33,8 +34,8 @@ class SmallClassifier(nn.Module):
         self.head = nn.Linear(channels, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC images -> class logits."""
-        x = images.permute(0, 3, 1, 2).float() / 127.5 - 1
+        """uint8 NHWC images, RGB or grey -> class logits."""
+        x = to_rgb_nchw(images) / 127.5 - 1
         if x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               antialias=True, align_corners=False)
@@ -103,3 +104,15 @@ def load_classifier(path: str | Path, device: torch.device) -> tuple[SmallClassi
 def class_accuracy(model: SmallClassifier, images: np.ndarray, labels: np.ndarray) -> float:
     """The fraction of samples the classifier assigns to the class they were drawn for."""
     return float((predict(model, images) == np.asarray(labels)).mean())
+
+
+@torch.no_grad()
+def reconstruction_accuracy(model: SmallClassifier, encoder, images: np.ndarray,
+                            labels: np.ndarray, batch_size: int = 250) -> float:
+    """The classifier's accuracy on ``encoder``'s reconstructions (decoded posterior means)
+    of ``images``: what the autoencoder's latent space keeps of the classes."""
+    decoded = []
+    for start in range(0, len(images), batch_size):
+        mean, _ = encoder.moments(torch.from_numpy(images[start:start + batch_size]))
+        decoded.append(encoder.decode(mean * encoder.scale_factor).cpu().numpy())
+    return class_accuracy(model, np.concatenate(decoded), labels)

@@ -15,7 +15,7 @@ from dice_core.durable import replace_atomically, write_text_atomic
 from dice_core.metrics import (compute_metrics, extract_features, load_effnet_lite0,
                                load_fid_inception, load_reference, save_reference)
 
-from .classifier import class_accuracy, load_classifier
+from .classifier import load_classifier, predict
 from .sampling import fixed_labels, image_grid, sample_images
 
 
@@ -77,24 +77,31 @@ class Evaluator:
                     f"{latents_manifest['num_classes']}; retrain it (dvc repro classifier)")
 
     def __call__(self, model, out_dir: str | Path, progress: bool = False) -> dict:
-        """Samples ``model`` (the EMA weights) and writes ``samples.npz`` (``arr_0``: uint8 NHWC,
-        for OpenAI's evaluator), ``grid.png`` and ``metrics.json`` into ``out_dir``."""
+        """Samples ``model`` (the EMA weights) and writes into ``out_dir``: ``samples.npz``
+        (``arr_0``: uint8 NHWC images, ``arr_1``: their classes, as OpenAI's evaluator
+        reads them), ``features.npz`` (each sample's features and predicted class, for the
+        report's intervals), ``grid.png`` and ``metrics.json``."""
         config, num_classes = self.config, self.manifest["num_classes"]
         images = sample_images(model, self.decoder, count=config.samples,
                                num_classes=num_classes, seed=self.seed,
                                latent_shape=tuple(self.manifest["latent_shape"]),
                                sampler=config.sampler, steps=config.steps,
                                batch_size=config.batch_size, progress=progress)
+        labels = fixed_labels(config.samples, num_classes).numpy()
         features = extract_features(self.network, images, config.batch_size)
         metrics = compute_metrics(self.reference, features, config.feature_network)
+        per_sample = {"pool": features.pool, "logits": features.logits, "labels": labels}
         if self.classifier is not None:
-            labels = fixed_labels(config.samples, num_classes).numpy()
-            metrics["class_accuracy"] = class_accuracy(self.classifier, images, labels)
+            per_sample["predicted"] = predict(self.classifier, images)
+            metrics["class_accuracy"] = float((per_sample["predicted"] == labels).mean())
             metrics["classifier_real_accuracy"] = self.classifier_meta["heldout_accuracy"]
         metrics.update(sampler=config.sampler, sampling_steps=config.steps)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        replace_atomically(out_dir / "samples.npz", lambda f: np.savez(f, arr_0=images))
+        replace_atomically(out_dir / "samples.npz",
+                           lambda f: np.savez(f, arr_0=images, arr_1=labels))
+        replace_atomically(out_dir / "features.npz", lambda f: np.savez(
+            f, **{k: v for k, v in per_sample.items() if v is not None}))
         Image.fromarray(image_grid(images[:64])).save(out_dir / "grid.png")
         write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
         return metrics

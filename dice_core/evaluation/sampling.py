@@ -24,7 +24,9 @@ def sample_images(model, decoder, *, count: int, num_classes: int, seed: int,
                   latent_shape: tuple[int, int, int], sampler: str = "ddpm", steps: int = 250,
                   batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """``count`` uint8 NHWC images. Each sample's starting noise comes from (seed, its index),
-    so the set is the same for every model; the sampling chain's noise from (seed, batch)."""
+    so the set is the same for every model; the sampling chain's noise from (seed, batch).
+    DDPM clips x0 to [-1, 1] where the decoder's space is bounded (pixels), as ADM does, and
+    not in a latent space, as DiT; the diffusers samplers never clip."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {list(SAMPLERS)}")
     device = next(model.parameters()).device
@@ -43,7 +45,8 @@ def sample_images(model, decoder, *, count: int, num_classes: int, seed: int,
         generator = seeded_generator(seed, EVAL_SAMPLES, 1, start)   # the chain's own noise
         if respaced is not None:
             latents = respaced.p_sample_loop(model, noise.shape, noise=noise,
-                                             model_kwargs=kwargs, generator=generator)
+                                             model_kwargs=kwargs, generator=generator,
+                                             clip_denoised=decoder.bounded)
         else:
             latents = sample_with_scheduler(model, training, sampler, steps, noise.shape,
                                             noise=noise, model_kwargs=kwargs,
@@ -53,7 +56,7 @@ def sample_images(model, decoder, *, count: int, num_classes: int, seed: int,
 
 
 def image_grid(images: np.ndarray) -> np.ndarray:
-    """NHWC uint8 -> one HWC image, as square as the count allows, 2 px gaps."""
+    """NHWC uint8 -> one HWC image (HW for grey), as square as the count allows, 2 px gaps."""
     count, height, width, channels = images.shape
     columns = math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
@@ -62,4 +65,4 @@ def image_grid(images: np.ndarray) -> np.ndarray:
         row, column = divmod(index, columns)
         top, left = 2 + row * (height + 2), 2 + column * (width + 2)
         grid[top:top + height, left:left + width] = image
-    return grid
+    return grid[..., 0] if channels == 1 else grid

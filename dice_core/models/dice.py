@@ -32,6 +32,25 @@ def signal_extraction(left: torch.Tensor, right: torch.Tensor,
     return out.to(left.dtype)
 
 
+def _pad_small_maps(x: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, int]:
+    """Zero-pads ``x`` by hand where the CPU's depthwise kernel is slow, and returns the
+    padding the convolution itself must still add.
+
+    On the CPU, a depthwise convolution whose input is smaller than its kernel (the 4x4 and
+    2x2 maps of a latent-sized DICE) takes a slow path in the backward pass with implicit
+    padding, 2.4-3.3x slower than the same convolution on a padded input
+    (bench/results/depthwise-cpu.md); on larger maps implicit padding is the faster one.
+    """
+    pad = conv.padding[0]
+    if x.device.type == "cpu" and min(x.shape[-2:]) < conv.kernel_size[0]:
+        return F.pad(x, (pad, pad, pad, pad)), 0
+    return x, pad
+
+
+def _depthwise(conv: nn.Conv2d, x: torch.Tensor, pad: int) -> torch.Tensor:
+    return F.conv2d(x, conv.weight, conv.bias, padding=pad, groups=conv.groups)
+
+
 class DiceBlock(nn.Module):
     """ConvNeXt block with two depthwise 7x7 'hands' and adaLN-Zero conditioning."""
 
@@ -50,7 +69,9 @@ class DiceBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale, gate = self.adaLN_modulation(c).chunk(3, dim=1)
-        s = signal_extraction(self.dwconv_left(x), self.dwconv_right(x), self.lam)
+        padded, pad = _pad_small_maps(x, self.dwconv_left)
+        s = signal_extraction(_depthwise(self.dwconv_left, padded, pad),
+                              _depthwise(self.dwconv_right, padded, pad), self.lam)
         h = modulate(self.norm(s.permute(0, 2, 3, 1)), shift, scale)
         h = gate[:, None, None, :] * self.mlp(h)
         return x + h.permute(0, 3, 1, 2)
@@ -132,7 +153,9 @@ class DICE(DiffusionBackbone):
         return predictions[::-1]
 
     def _run_stage(self, stage: DiceStage, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        h = stage.stem(x)
+        # channels-last end to end: the depthwise convolutions take the fast kernels and the
+        # permutes to NHWC around LayerNorm and the MLP are views, not copies
+        h = stage.stem(x).contiguous(memory_format=torch.channels_last)
         for block in stage.blocks:
             h = self.run_block(block, h, c)
         h = stage.head(stage.head_norm(h.permute(0, 2, 3, 1)))

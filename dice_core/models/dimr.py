@@ -295,7 +295,8 @@ register_preset("dimr-dice-paper", "dimr", DiMR,
                 transformer_width=512, transformer_depth=29, num_heads=8,
                 convnext_width=256, convnext_depth=15)
 register_preset("dimr-t", "dimr", DiMR,
-                note="CPU-sized: Transformer 64 wide x 9 blocks (4 heads), ConvNeXt 32 wide x "
-                     "5 blocks; XL/2R's width and depth ratios",
+                note="CPU-sized: Transformer 64 wide x 9 blocks (4 heads), ConvNeXt 40 wide x "
+                     "5 blocks; XL/2R's depth ratio, its ConvNeXt widened so that the tiny "
+                     "presets stay within 10% of each other in size on small latents too",
                 transformer_width=64, transformer_depth=9, num_heads=4,
-                convnext_width=32, convnext_depth=5)
+                convnext_width=40, convnext_depth=5)

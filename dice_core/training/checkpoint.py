@@ -95,8 +95,11 @@ class CheckpointStore:
             raise CheckpointMismatch(
                 f"the checkpoint in {folder} was written for another run:\n  "
                 + "\n  ".join(problems)
+                + ("\nThe training data changed since (new latents, another encoder or "
+                   "autoencoder): these checkpoints were trained on other data and are not "
+                   "mixed with it." if any(p.startswith("data:") for p in problems) else "")
                 + "\nUse another train.output folder for this configuration, or delete "
-                f"{self.folder.parent} to start this one afresh.")
+                f"{self.folder.parent} to start this one afresh (then dvc repro train).")
         loaded, _ = engine.load_checkpoint(str(self.folder), tag=latest["tag"],
                                            load_optimizer_states=True,
                                            load_lr_scheduler_states=False)

@@ -121,7 +121,7 @@ def train_model(params: Params, model_name: str, worker: Worker | None = None) -
     model = build_model(model_name, in_channels=channels, input_size=size,
                         num_classes=num_classes, **train.model_overrides)
     model.set_activation_checkpointing(train.activation_checkpointing)
-    ema = create_ema(model, train.ema_decay)
+    ema = create_ema(model, train.ema_decay, train.ema_warmup)
     optimizer = FiniteAdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     ds_config = deepspeed_config(layout, precision, train.zero_stage,
                                  train.initial_loss_scale_power)
@@ -138,7 +138,8 @@ def train_model(params: Params, model_name: str, worker: Worker | None = None) -
                  "precision": precision, "global_batch": layout.global_batch,
                  "micro_batch": layout.micro_batch, "world_size": world_size, "seed": seed,
                  "lr": train.lr, "weight_decay": train.weight_decay,
-                 "ema_decay": train.ema_decay, "loader_workers": train.loader_workers,
+                 "ema_decay": train.ema_decay, "ema_warmup": train.ema_warmup,
+                 "loader_workers": train.loader_workers,
                  "data": manifest["params_hash"]}
     store = CheckpointStore(run_dir, rank, train.keep_checkpoints)
     state = store.load(engine, ema, signature) or {}
@@ -171,6 +172,7 @@ def train_model(params: Params, model_name: str, worker: Worker | None = None) -
                          start_batch=start_step * layout.accumulation)
     hashes = InputHashLog(run_dir / f"input_hashes.rank{rank}.txt", start_step)
 
+    eval_config = params.evaluate.for_training()
     evaluator = None   # built at the first evaluation, then reused
     grid_decoder = None
     warned_no_reference = False
@@ -179,7 +181,7 @@ def train_model(params: Params, model_name: str, worker: Worker | None = None) -
         """ADM's metrics at this step when there is a reference, else the sample grid alone."""
         nonlocal evaluator, grid_decoder, warned_no_reference
         if Path(params.evaluate.reference).is_file():
-            evaluator = evaluator or Evaluator(manifest, params.evaluate, seed)
+            evaluator = evaluator or Evaluator(manifest, eval_config, seed)
             folder = run_dir / "eval" / f"step-{step:07d}"
             metrics = evaluator(ema_model, folder)
             tracker.log_metrics({f"eval/{key}": value for key, value in metrics.items()
@@ -196,7 +198,7 @@ def train_model(params: Params, model_name: str, worker: Worker | None = None) -
             grid = image_grid(sample_images(
                 ema_model, grid_decoder, count=GRID_SAMPLES, num_classes=num_classes,
                 seed=seed, latent_shape=tuple(manifest["latent_shape"]),
-                sampler=params.evaluate.sampler, steps=params.evaluate.steps))
+                sampler=eval_config.sampler, steps=eval_config.steps))
             tracker.log_image(grid, f"samples/step-{step:07d}.png")
 
     # --- the loop ---------------------------------------------------------------------------

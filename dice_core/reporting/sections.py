@@ -1,0 +1,114 @@
+"""The report's sections beyond the paper's tables: the ranking with intervals and the
+answer to the paper's question, the autoencoder, the departures from the paper's protocol and
+each stage's wall time."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dice_core.config import Params
+
+from .intervals import Interval, rank, verdict
+from .tables import markdown, number
+
+PAPER_STEPS, PAPER_BATCH, PAPER_SAMPLES, PAPER_DDPM_STEPS = 35_000, 128, 500, 250
+
+
+def interval_text(interval: Interval, digits: int) -> str:
+    return (f"{interval.value:.{digits}f} "
+            f"[{interval.low:.{digits}f}, {interval.high:.{digits}f}]")
+
+
+def ranking_section(intervals: dict[str, dict[str, Interval]], labels: dict[str, str],
+                    claimed_best: str | None) -> str:
+    """One row per metric: the models best first with 95% intervals, and the verdict on
+    ``claimed_best`` (the DICE model) being ahead of the others."""
+    if claimed_best is None or len(intervals) < 2:
+        return "A ranking needs a DICE model and at least one baseline in train.models."
+    rows, sentences = [], []
+    for metric, label in labels.items():
+        per_model = {m: iv[metric] for m, iv in intervals.items() if metric in iv}
+        if len(per_model) < 2:
+            continue
+        digits = 2 if metric in ("fd", "is") else 3
+        order = " > ".join(f"{m} {interval_text(per_model[m], digits)}"
+                           for m in rank(per_model, metric))
+        answer = verdict(per_model, metric, claimed_best) if claimed_best in per_model else "-"
+        rows.append([label, order, answer])
+        sentences.append(f"{label}: {answer}")
+    table = markdown(["metric (better first)", "ranking, value [95% interval]",
+                      f"{claimed_best} ahead of the others?"], rows)
+    summary = (f"**Does the paper's ranking (DICE ahead of DiT and DiMR) hold here?** "
+               f"{'; '.join(sentences)}. A difference counts only where the 95% intervals do "
+               "not overlap. One training seed was run, so the intervals cover the sampling "
+               "of the evaluation only, not training noise.")
+    return f"{table}\n\n{summary}"
+
+
+def autoencoder_section(meta: dict | None, reconstruction_accuracy: float | None,
+                        real_accuracy: float | None) -> str:
+    if meta is None:
+        return "The latents were not made by an autoencoder of this project."
+    source = meta["source"].get("name") if isinstance(meta["source"], dict) else meta["source"]
+    lines = [f"- {meta['parameters']:,} parameters, trained {meta['train_seconds']:.0f} s on "
+             f"{meta['train_images']:,} {source} images "
+             f"({meta['resolution']}x{meta['resolution']}x{meta['image_channels']})",
+             f"- reconstruction MSE on {meta['heldout_images']} held-out images: "
+             f"{meta['reconstruction_mse']:.4f} (pixels in [-1, 1])",
+             f"- scale factor {meta['scale_factor']:.4f} (1 / std of its latents)"]
+    if reconstruction_accuracy is not None and real_accuracy:
+        lines.append(f"- classifier accuracy on the classifier's held-out real images "
+                     f"{real_accuracy:.3f}, on their reconstructions "
+                     f"{reconstruction_accuracy:.3f} (ratio "
+                     f"{reconstruction_accuracy / real_accuracy:.3f})")
+    return "\n".join(lines)
+
+
+def protocol_notes(params: Params, manifest: dict) -> str:
+    """One line per place where this profile departs from the paper's protocol."""
+    train, evaluate = params.train, params.evaluate
+    during = evaluate.for_training()
+    notes = []
+    source = manifest["source"]
+    source = source.get("name") if isinstance(source, dict) else source
+    if source != "imagenet":
+        notes.append(f"data: {source} at {manifest['resolution']} px, latents "
+                     f"{tuple(manifest['latent_shape'])} from {manifest['encoder']} (the paper: "
+                     "ImageNet 256 through the SD-VAE, 4x32x32)")
+    if (train.steps, train.global_batch) != (PAPER_STEPS, PAPER_BATCH):
+        notes.append(f"training: {train.steps} steps of {train.global_batch} at lr {train.lr:g} "
+                     f"(the paper: {PAPER_STEPS} of {PAPER_BATCH} at lr 1e-4)")
+    ema = f"EMA decay {train.ema_decay}" + (", warmed up as min(decay, (1+n)/(10+n))"
+                                           if train.ema_warmup else "")
+    if train.ema_decay != 0.9999 or train.ema_warmup:
+        notes.append(f"{ema} (the paper: 0.9999, no warm-up)")
+    if (evaluate.samples, evaluate.sampler, evaluate.steps) != (PAPER_SAMPLES, "ddpm",
+                                                                PAPER_DDPM_STEPS):
+        notes.append(f"final evaluation: {evaluate.samples} samples, {evaluate.sampler} "
+                     f"{evaluate.steps} steps (the paper: 500, DDPM 250)")
+    notes.append(f"evaluations inside training every {train.eval_every} steps: "
+                 f"{during.samples} samples, {during.sampler} {during.steps} steps")
+    if evaluate.feature_network != "inception":
+        notes.append(f"features: {evaluate.feature_network} (offline), so FD/IS are not "
+                     "FID/IS and cannot be compared with the paper's numbers")
+    return "\n".join(f"- {note}" for note in notes)
+
+
+def read_stage_times(path: Path) -> dict[str, dict]:
+    """The latest record of each stage (a stage that DVC skipped keeps its last time)."""
+    latest: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                latest[record["stage"]] = record
+    return latest
+
+
+def stage_times_section(times: dict[str, dict]) -> str:
+    if not times:
+        return "No stage times recorded."
+    rows = [[stage, number(r["seconds"] / 60, 1), r["finished"]] for stage, r in times.items()]
+    total = sum(r["seconds"] for r in times.values())
+    rows.append(["total", number(total / 60, 1), ""])
+    return markdown(["stage", "minutes", "finished"], rows)

@@ -1,0 +1,44 @@
+"""Autoencoder stage: a small diffusers.AutoencoderKL trained on the prepared images, saved as
+the local folder that ``encode.vae`` points at (the embedded experiment's latent space).
+
+Reads the ``autoencoder`` section of params.yaml and the prepare stage's output.
+    python -m pipelines.autoencoder [--steps N] [--output DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dice_core.data import read_manifest
+from dice_core.data.autoencoder import data_identity, save_autoencoder, train_autoencoder
+from dice_core.data.encoders import pick_device
+from dice_core.evaluation.evaluate import prepared_images
+
+from .stage_params import add_params_argument, stage_main, stage_params
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_params_argument(parser, "autoencoder")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--output", help="the folder to write (diffusers layout)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    params, config = stage_params(args, "autoencoder", {"steps": args.steps,
+                                                        "output": args.output})
+    manifest = read_manifest(params.prepare.output)
+    images, _ = prepared_images(params.prepare.output, config.split)
+    vae, stats = train_autoencoder(images, config, params.seed, pick_device(config.device))
+    identity = data_identity(manifest, config.image_channels)
+    meta = save_autoencoder(vae, config.output, identity, stats)
+    print(f"autoencoder: {stats['parameters']:,} parameters, held-out reconstruction MSE "
+          f"{stats['reconstruction_mse']:.4f}, scale factor {stats['scale_factor']:.4f}, "
+          f"{stats['train_seconds']:.0f} s -> {config.output}")
+    return meta
+
+
+main = stage_main("autoencoder")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

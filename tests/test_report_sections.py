@@ -1,0 +1,121 @@
+"""The report's ranking with 95% intervals, its verdict on the paper's claim, its notes on the
+protocol and its stage times."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dice_core.config import load_params
+from dice_core.metrics.adm import frechet_distance_to_features, inception_score, statistics
+from dice_core.reporting.intervals import Interval, rank, sample_intervals, verdict
+from dice_core.reporting.sections import (protocol_notes, ranking_section, read_stage_times,
+                                          stage_times_section)
+
+DIM = 8
+
+
+def features_like(rng, count, shift):
+    pool = rng.normal(size=(count, DIM)) + shift
+    logits = rng.normal(size=(count, 5)) * 3
+    labels = np.arange(count) % 5
+    return {"pool": pool, "logits": logits, "labels": labels}
+
+
+def intervals_of(per_sample, reference, correct_fraction, rng):
+    mu, sigma = statistics(reference)
+    predicted = per_sample["labels"].copy()
+    wrong = rng.random(len(predicted)) > correct_fraction
+    predicted[wrong] = (predicted[wrong] + 1) % 5
+    per_sample = {**per_sample, "predicted": predicted}
+    point = {"fd": frechet_distance_to_features(mu, sigma, per_sample["pool"]),
+             "is": inception_score(per_sample["logits"]),
+             "class_accuracy": float((predicted == per_sample["labels"]).mean()),
+             "precision": 0.5, "recall": 0.5}
+    return sample_intervals(per_sample, mu, sigma, reference, point, resamples=50, seed=0,
+                            subsets=5)
+
+
+@pytest.fixture(scope="module")
+def three_models():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(400, DIM))
+    return {"dice-t": intervals_of(features_like(rng, 200, 0.0), reference, 0.9, rng),
+            "dit-t": intervals_of(features_like(rng, 200, 1.5), reference, 0.3, rng),
+            "dimr-t": intervals_of(features_like(rng, 200, 1.0), reference, 0.35, rng)}
+
+
+def test_intervals_bracket_plausible_values_and_are_ordered(three_models):
+    for per_metric in three_models.values():
+        for metric, interval in per_metric.items():
+            assert interval.low <= interval.high
+            if metric in ("precision", "recall", "class_accuracy"):
+                assert 0 <= interval.low <= interval.high <= 1
+        accuracy = per_metric["class_accuracy"]
+        assert accuracy.low <= accuracy.value <= accuracy.high
+
+
+def test_a_model_clearly_closer_to_the_data_ranks_first_and_the_claim_holds(three_models):
+    fd = {m: iv["fd"] for m, iv in three_models.items()}
+    assert rank(fd, "fd") == ["dice-t", "dimr-t", "dit-t"]
+    assert verdict(fd, "fd", "dice-t") == "holds"
+    accuracy = {m: iv["class_accuracy"] for m, iv in three_models.items()}
+    assert verdict(accuracy, "class_accuracy", "dice-t") == "holds"
+    assert verdict(accuracy, "class_accuracy", "dit-t") == "does not hold"
+
+
+def test_overlapping_intervals_cannot_be_told_apart():
+    close = {"dice-t": Interval(10, 8, 12), "dit-t": Interval(11, 9, 13),
+             "dimr-t": Interval(30, 28, 32)}
+    assert verdict(close, "fd", "dice-t") == "cannot be told apart"
+    assert verdict(close, "is", "dimr-t") == "holds"      # higher is better for IS
+
+
+def test_the_ranking_section_says_in_words_whether_the_claim_holds(three_models):
+    text = ranking_section(three_models, {"fd": "FD", "class_accuracy": "class accuracy"},
+                           "dice-t")
+    assert "dice-t ahead of the others?" in text
+    assert "FD: holds" in text and "class accuracy: holds" in text
+    assert "One training seed was run" in text
+
+
+def test_the_protocol_notes_name_every_departure_of_the_default_profile():
+    params = load_params()
+    manifest = {"source": "fashion-mnist", "resolution": 32, "latent_shape": [4, 8, 8],
+                "encoder": "vae:autoencoder"}
+    notes = protocol_notes(params, manifest)
+    assert f"{params.train.steps} steps of {params.train.global_batch}" in notes
+    assert "EMA decay" in notes and "warmed up" in notes
+    assert f"ddpm {params.evaluate.steps} steps" in notes
+    assert "inside training" in notes and "effnet" in notes
+
+
+def test_stage_times_keep_the_latest_record_of_each_stage(tmp_path):
+    path = tmp_path / "times.jsonl"
+    records = [{"stage": "prepare", "seconds": 60.0, "finished": "a"},
+               {"stage": "train@dit-t", "seconds": 120.0, "finished": "b"},
+               {"stage": "prepare", "seconds": 30.0, "finished": "c"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    times = read_stage_times(path)
+    assert times["prepare"]["seconds"] == 30.0
+    table = stage_times_section(times)
+    assert "| total | 2.5 |" in table
+
+
+def test_a_finished_stage_records_its_wall_time_and_a_failed_one_does_not(tmp_path,
+                                                                         monkeypatch):
+    import yaml
+    from pipelines import stage_times
+    from pipelines.cli import main
+    monkeypatch.setattr(stage_times, "STAGE_TIMES", tmp_path / "times.jsonl")
+    assert main(["prepare", "--params", str(tmp_path / "missing.yaml")]) == 2
+    assert not (tmp_path / "times.jsonl").exists()
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    raw["prepare"].update(source="shapes", resolution=16, limit_per_class=None,
+                          output=str(tmp_path / "prepared"),
+                          shapes={"num_classes": 2, "image_size": 16,
+                                  "count_per_class": {"train": 2}, "seed": 0})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["prepare", "--params", str(tmp_path / "params.yaml")]) == 0
+    (record,) = read_stage_times(tmp_path / "times.jsonl").values()
+    assert record["stage"] == "prepare" and record["seconds"] >= 0
