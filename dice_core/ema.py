@@ -22,7 +22,11 @@ def _ema_update(decay: float, warmup: bool):
     def update(ema_params, model_params, num_averaged):
         d = warmed_up_decay(decay, int(num_averaged)) if warmup else decay
         current = [p.to(e.dtype) for p, e in zip(model_params, ema_params)]
-        torch._foreach_lerp_(ema_params, current, 1 - d)
+        if torch.is_floating_point(ema_params[0]):
+            torch._foreach_lerp_(ema_params, current, 1 - d)
+        else:   # integer buffers, as torch's own update treats them
+            for averaged, live in zip(ema_params, current):
+                averaged.copy_(averaged * d + live * (1 - d))
     return update
 
 

@@ -42,6 +42,11 @@ def run(args: argparse.Namespace) -> dict:
     model = load_model(weights, pick_device(config.device)).eval()
     out_dir = Path(config.output) / args.model
     manifest = read_latent_manifest(params.train.data)
+    trained_on = [model.in_channels, model.input_size, model.input_size]
+    if trained_on != list(manifest["latent_shape"]):
+        raise ValueError(f"{weights} was trained on latents of shape {tuple(trained_on)}, but "
+                         f"{params.train.data} holds {tuple(manifest['latent_shape'])} "
+                         f"({manifest['encoder']}): retrain on these latents (dvc repro train)")
     metrics = evaluate_model(model, manifest, config, params.seed, out_dir, progress=True)
     print(json.dumps(metrics, indent=2))
     print(f"wrote samples.npz, grid.png and metrics.json to {out_dir}")

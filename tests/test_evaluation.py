@@ -89,6 +89,19 @@ def test_evaluate_without_a_trained_model_says_what_to_do(tmp_path, data, capsys
     assert "train it first" in capsys.readouterr().err
 
 
+def test_weights_trained_on_other_latents_are_refused_naming_the_stage(tmp_path, data,
+                                                                      capsys):
+    """A run left by the old pixel-space default (3x32x32) against today's latents."""
+    from dice_core.models.serialization import save_model
+    weights = tmp_path / "old.safetensors"
+    save_model(build_model("dit-t", in_channels=3, input_size=32, num_classes=3), weights)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(eval_params(tmp_path, data, None)))
+    assert dice_main(["evaluate", "--params", str(params_file), "--model", "dit-t",
+                      "--checkpoint", str(weights)]) == 2
+    assert "dvc repro train" in capsys.readouterr().err
+
+
 def test_training_logs_the_evaluation_metrics_at_their_steps(tmp_path, data, reference,
                                                              mlflow_server):
     raw = eval_params(tmp_path, data, mlflow_server.uri)

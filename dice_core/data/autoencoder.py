@@ -13,16 +13,19 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dice_core.config import AutoencoderParams
 from dice_core.durable import replace_atomically, write_text_atomic
 from dice_core.seeding import AUTOENCODER, seeded_generator
 
 from .errors import DataError
+
+if TYPE_CHECKING:   # the schema (pydantic) is not needed to load an autoencoder
+    from dice_core.config import AutoencoderParams
 
 METADATA = "dice_autoencoder.json"
 
@@ -40,10 +43,12 @@ def build_autoencoder(spec: AutoencoderParams, resolution: int):
         mid_block_add_attention=False)
 
 
-def image_tensor(images: np.ndarray, channels: int) -> torch.Tensor:
-    """uint8 NHWC (grey stored as 3 equal channels, or 1) -> float NCHW in [-1, 1] with
+def image_tensor(images: np.ndarray | torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 NHWC (grey stored as 3 equal channels, or 1) -> float32 NCHW in [-1, 1] with
     ``channels`` channels: grey data stays one channel where the autoencoder sees it."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    x = images.permute(0, 3, 1, 2).float() / 127.5 - 1
     if x.shape[1] == channels:
         return x
     if channels == 1:

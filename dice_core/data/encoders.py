@@ -17,11 +17,6 @@ from .errors import DataError
 DEFAULT_VAE = "stabilityai/sd-vae-ft-ema"
 
 
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC -> float32 NCHW in [-1, 1]."""
-    return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     """float NCHW in [-1, 1] -> uint8 NHWC, rounding as ADM does when saving samples."""
     return ((pixels.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
@@ -45,7 +40,7 @@ class PixelEncoder:
 
     @torch.no_grad()
     def moments(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return to_unit_range(images), None
+        return image_tensor(images, images.shape[-1]), None
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -110,7 +105,7 @@ class VAEEncoder:
 
     @torch.no_grad()
     def moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = image_tensor(images.cpu().numpy(), self.image_channels).to(self.device)
+        pixels = image_tensor(images, self.image_channels).to(self.device)
         posterior = self.vae.encode(pixels).latent_dist
         return posterior.mean.float(), posterior.logvar.float()
 
