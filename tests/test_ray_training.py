@@ -42,6 +42,8 @@ def ray_params(latents, output: Path, steps: int, ray_address: str | None = None
                         loader_workers=0, backend="ray", workers=2, ray_address=ray_address,
                         device="cpu", precision="fp32")
     raw["tracking"].update(uri=f"sqlite:///{output / 'mlflow.db'}", log_images=False)
+    # no reference: the final step's evaluation must not pick up the project's data/
+    raw["evaluate"]["reference"] = str(output / "no-reference.npz")
     return Params.model_validate(raw)
 
 
