@@ -12,6 +12,7 @@ from dice_core.metrics import (FID_WEIGHTS_FILE, FeatureNetworkError, FeatureSet
                                inception_score, inception_score_from_probabilities,
                                load_effnet_lite0, load_fid_inception, load_reference,
                                precision_recall, save_reference, statistics, trace_sqrt_product)
+from dice_core.metrics.adm import kth_neighbour_radii
 from dice_core.metrics.network_io import resize_bilinear_tf1
 
 CAT_CLASSES = {281, 282, 283, 284, 285}
@@ -101,6 +102,8 @@ def test_precision_counts_samples_inside_the_real_manifold_and_batching_does_not
     precision, recall = precision_recall(real, fake, batch_size=1000)
     assert precision == 0.5
     assert precision_recall(real, fake, batch_size=7) == (precision, recall)
+    radii = kth_neighbour_radii(real, batch_size=13)
+    assert precision_recall(real, fake, real_radii=radii) == (precision, recall)
 
 
 def test_inception_score_of_one_hot_predictions_over_k_balanced_classes_is_k():

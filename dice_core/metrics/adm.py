@@ -115,19 +115,22 @@ def inception_score_from_probabilities(probs: np.ndarray, split_size: int = 5000
 
 
 def precision_recall(real_features: np.ndarray, fake_features: np.ndarray, k: int = 3,
-                     batch_size: int = 2000, device: str | torch.device = "cpu"
-                     ) -> tuple[float, float]:
+                     batch_size: int = 2000, device: str | torch.device = "cpu",
+                     real_radii: torch.Tensor | None = None) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019) as ADM's ManifoldEstimator.
 
     Each set's manifold is the union of balls around its points with the squared distance to
     the k-th nearest neighbour as radius (the point itself counting as the 0-th). Precision:
     the fraction of fake points inside the real manifold; recall: of real points inside the
     fake one. Distances are computed ``batch_size`` rows at a time (10k x 10k fits in memory).
+    ``real_radii`` (from ``kth_neighbour_radii(real_features, k)``) spares recomputing the
+    real manifold when many fake sets are compared with one reference.
     """
     real = torch.as_tensor(np.asarray(real_features), dtype=torch.float32, device=device)
     fake = torch.as_tensor(np.asarray(fake_features), dtype=torch.float32, device=device)
-    real_radii = _kth_neighbour_radii(real, k, batch_size)
-    fake_radii = _kth_neighbour_radii(fake, k, batch_size)
+    if real_radii is None:
+        real_radii = kth_neighbour_radii(real, k, batch_size)
+    fake_radii = kth_neighbour_radii(fake, k, batch_size)
     fake_in_real = torch.zeros(len(fake), dtype=torch.bool, device=device)
     real_in_fake = torch.zeros(len(real), dtype=torch.bool, device=device)
     for start in range(0, len(real), batch_size):
@@ -145,7 +148,10 @@ def squared_distances(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (norms_u - 2 * u @ v.T + norms_v).clamp_min(0)
 
 
-def _kth_neighbour_radii(features: torch.Tensor, k: int, batch_size: int) -> torch.Tensor:
+def kth_neighbour_radii(features: np.ndarray | torch.Tensor, k: int = 3,
+                        batch_size: int = 2000) -> torch.Tensor:
+    """Squared distance of every point to its k-th nearest neighbour in its own set."""
+    features = torch.as_tensor(features, dtype=torch.float32)
     if len(features) <= k:
         raise MetricsError(f"precision/recall with k={k} need more than {k} samples per set, "
                            f"got {len(features)}")

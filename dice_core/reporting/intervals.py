@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dice_core.metrics.adm import (frechet_distance_to_features, inception_score,
-                                   precision_recall)
+                                   kth_neighbour_radii, precision_recall)
 
 SUBSET_FRACTION = 0.8
 LOWER_IS_BETTER = {"fd"}
@@ -65,8 +65,9 @@ def sample_intervals(per_sample: dict, reference_mu: np.ndarray, reference_sigma
             float(correct[d].mean()) for d in draws])
     if reference_pool is not None and "precision" in point:
         size = int(round(SUBSET_FRACTION * count))
-        pairs = [precision_recall(reference_pool, pool[rng.choice(count, size, replace=False)])
-                 for _ in range(subsets)]
+        radii = kth_neighbour_radii(reference_pool)
+        pairs = [precision_recall(reference_pool, pool[rng.choice(count, size, replace=False)],
+                                  real_radii=radii) for _ in range(subsets)]
         intervals["precision"] = percentile_interval(point["precision"], [p for p, _ in pairs])
         intervals["recall"] = percentile_interval(point["recall"], [r for _, r in pairs])
     return intervals
