@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
+                      model_validator)
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -62,8 +63,11 @@ class PrepareParams(Section):
 
 class AutoencoderParams(Section):
     """A small diffusers.AutoencoderKL trained on the prepared images: the embedded latent
-    space (encode.encoder vae with encode.vae pointing at ``output``)."""
+    space (encode.encoder vae with encode.vae pointing at ``output``). With ``pretrained`` (a
+    local diffusers folder, such as a copy of stabilityai/sd-vae-ft-ema) nothing is trained:
+    that autoencoder is checked and written to ``output``."""
     output: str = "data/autoencoder"
+    pretrained: str | None = None
     split: Literal["train", "val"] = "train"
     image_channels: int = Field(1, ge=1, le=3)     # grey data stays one channel
     latent_channels: int = Field(4, ge=1)
@@ -85,6 +89,19 @@ class EncodeParams(Section):
     batch_size: int = Field(64, ge=1)
     device: str = "auto"
     storage_dtype: Literal["float32", "float16"] = "float32"
+
+
+class ModelSettings(Section):
+    """What one model changes from the ``train`` settings (``train.per_model.<model>``); the
+    budget (steps, batch, data, timesteps) stays the same for every model."""
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    ema_decay: float | None = Field(None, ge=0, lt=1)
+    ema_warmup: bool | None = None
+    micro_batch: int | None = Field(None, ge=1)
+    precision: Literal["auto", "fp16", "bf16", "fp32"] | None = None
+    activation_checkpointing: bool | None = None
+    model_overrides: dict[str, float | int] | None = None
 
 
 class TrainParams(Section):
@@ -114,6 +131,22 @@ class TrainParams(Section):
     workers: int = Field(1, ge=1)
     ray_address: str | None = None   # None: start a local cluster; "auto" or "ray://host:port"
     model_overrides: dict[str, float | int] = Field(default_factory=dict)
+    # one entry per model of `models`, {} for none: DVC tracks each entry on its own, so that
+    # changing one model's settings retrains that model only
+    per_model: dict[str, ModelSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _every_model_has_settings(self) -> "TrainParams":
+        missing = [name for name in self.models if name not in self.per_model]
+        if missing:
+            entries = ", ".join(f"{name}: {{}}" for name in missing)
+            raise ValueError(f"per_model has no entry for {', '.join(missing)}: add "
+                             f"{entries} under train.per_model (DVC tracks each model's entry)")
+        return self
+
+    def for_model(self, name: str) -> "TrainParams":
+        """These settings with ``per_model[name]`` laid over them."""
+        return self.model_copy(update=self.per_model[name].model_dump(exclude_none=True))
 
 
 class InTrainingEvaluation(Section):
@@ -194,6 +227,10 @@ class Params(Section):
     report: ReportParams = Field(default_factory=ReportParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     emissions: EmissionsParams = Field(default_factory=EmissionsParams)
+
+    def for_model(self, name: str) -> "Params":
+        """These params with ``train.per_model[name]`` applied to ``train``."""
+        return self.model_copy(update={"train": self.train.for_model(name)})
 
 
 class ParamsError(ValueError):

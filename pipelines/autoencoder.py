@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from dice_core.data import read_manifest
 from dice_core.data.autoencoder import data_identity, save_autoencoder, train_autoencoder
@@ -26,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     params, config = stage_params(args, "autoencoder", {"steps": args.steps,
                                                         "output": args.output})
+    if config.pretrained:
+        return adopt_pretrained(config.pretrained, config.output)
     manifest = read_manifest(params.prepare.output)
     images, _ = prepared_images(params.prepare.output, config.split)
     vae, stats = train_autoencoder(images, config, params.seed, pick_device(config.device))
@@ -35,6 +38,21 @@ def run(args: argparse.Namespace) -> dict:
           f"{stats['reconstruction_mse']:.4f}, scale factor {stats['scale_factor']:.4f}, "
           f"{stats['train_seconds']:.0f} s -> {config.output}")
     return meta
+
+
+def adopt_pretrained(source: str, output: str) -> dict:
+    """The pretrained autoencoder at ``source``, loaded (so a broken folder fails here, not in
+    encode) and saved to ``output`` in the diffusers layout."""
+    from diffusers import AutoencoderKL
+    if not Path(source).is_dir():
+        raise ValueError(f"autoencoder.pretrained: no folder {source}; save one with "
+                         "AutoencoderKL.from_pretrained(...).save_pretrained(FOLDER) on a "
+                         "machine that has the weights, or set autoencoder.pretrained: null")
+    vae = AutoencoderKL.from_pretrained(source)
+    vae.save_pretrained(output)
+    print(f"autoencoder: pretrained {source} ({sum(p.numel() for p in vae.parameters()):,} "
+          f"parameters, scaling factor {vae.config.scaling_factor}) -> {output}")
+    return {"pretrained": source, "scaling_factor": vae.config.scaling_factor}
 
 
 main = stage_main("autoencoder")

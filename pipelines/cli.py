@@ -9,7 +9,10 @@ from dice_core.config import ParamsError
 from dice_core.training.errors import NonFiniteLoss
 from dice_core.models import get_preset, list_models
 
-from . import autoencoder, classifier, encode, evaluate, prepare, reference, report, static, train
+from . import (autoencoder, classifier, encode, evaluate, flow, prepare, reference, report,
+               static, tracking_delivery, train)
+from .dvc_stages import StageFailed
+from .settings import update_params
 from .stage_times import record_stage_time
 
 
@@ -22,12 +25,20 @@ STAGES = [(static, "parameters, multiply-adds, samples/s"),
           (classifier, "a small classifier of the real images, to score samples' classes"),
           (evaluate, "samples and ADM metrics of a trained model"),
           (report, "the paper's tables and figures for the trained models")]
+COMMANDS = [(flow, "flow", "every stage as a Prefect flow run, or its scheduled deployment"),
+            (tracking_delivery, "deliver", "send MLflow records journalled while it was down")]
 
 
 def list_command(args: argparse.Namespace) -> None:
     for name in list_models(args.family):
         preset = get_preset(name)
         print(f"{name:<18}{preset.family:<6}{preset.note}")
+
+
+def profile_command(args: argparse.Namespace) -> None:
+    changed = update_params(args.params, args.name, args.overrides or [])
+    print(f"{args.params}: profile {args.name} " + ("written" if changed else "already in place")
+          + "; `dvc repro` (or `dice flow`) runs it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
         stage_parser = commands.add_parser(stage.__name__.rsplit(".", 1)[1], help=summary)
         stage.add_arguments(stage_parser)
         stage_parser.set_defaults(handler=stage.run, timed=True)
+
+    for module, name, summary in COMMANDS:
+        command_parser = commands.add_parser(name, help=summary)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(handler=module.run)
+
+    profile_parser = commands.add_parser("profile", help="lay a profile (imagenet) over "
+                                                         "params.yaml, which DVC reads")
+    profile_parser.add_argument("name", help="a profile of profiles/ or a .yaml file")
+    profile_parser.add_argument("-S", "--set", action="append", dest="overrides",
+                                metavar="KEY=VALUE", help="an override on top (repeatable)")
+    profile_parser.add_argument("--params", default="params.yaml")
+    profile_parser.set_defaults(handler=profile_command)
 
     models_parser = commands.add_parser("models", help="list the model presets")
     models_parser.add_argument("--family", choices=["dice", "dit", "dimr"])
@@ -52,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         args.handler(args)
         if getattr(args, "timed", False):
             record_stage_time(args, time.perf_counter() - started)
-    except (ParamsError, ValueError, NonFiniteLoss) as error:
+    except (ParamsError, ValueError, NonFiniteLoss, StageFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -54,11 +54,11 @@ def run(args: argparse.Namespace) -> dict:
     names = metric_names(network)
     manifest = read_latent_manifest(params.train.data)
     channels, size, _ = manifest["latent_shape"]
-    overrides = {"in_channels": channels, "input_size": size,
-                 "num_classes": manifest["num_classes"], **params.train.model_overrides}
+    shape = {"in_channels": channels, "input_size": size, "num_classes": manifest["num_classes"]}
 
     results = collect(params.train.models, params.train.output, params.evaluate.output)
     for r in results:   # Table 2: one run, one device, the trained models' own shapes
+        overrides = {**shape, **params.train.for_model(r.model).model_overrides}
         r.static = analyze(r.model, overrides, config.device, torch.float32, 1,
                            config.ddpm_steps, config.timed_steps).as_dict()
     totals = total_emissions([r.emissions for r in results])

@@ -3,7 +3,7 @@ import tempfile
 
 import pytest
 import torch
-from mlflow_server import MlflowServer
+from servers import MlflowServer, PrefectServer
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -30,3 +30,10 @@ def mlflow_server(_mlflow_server_process):
     """One real MLflow server for the session (it takes seconds to start), running when a test
     begins even if an earlier test stopped it."""
     return _mlflow_server_process.start()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real Prefect server for the session (about 30 s to start on 2 cores)."""
+    with PrefectServer(tmp_path_factory.mktemp("prefect-server")) as server:
+        yield server

@@ -65,7 +65,7 @@ def copy_project(destination):
     import shutil
     from pathlib import Path
     project = Path(__file__).resolve().parents[1]
-    for item in ("dice_core", "pipelines"):
+    for item in ("dice_core", "pipelines", "profiles"):
         shutil.copytree(project / item, destination / item,
                         ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(project / "dvc.yaml", destination / "dvc.yaml")
@@ -93,3 +93,21 @@ def tiny_autoencoder_params(**overrides) -> dict:
     """An autoencoder stage that trains in a second or two, for scratch `dvc repro` runs."""
     return {"block_out_channels": [8, 16], "steps": 2, "batch_size": 4, "holdout": 2,
             "device": "cpu", **overrides}
+
+
+def scratch_project(folder, resolution):
+    """This project's code in ``folder`` with params for 8 shapes of 2 classes; returns the
+    params (not yet written, for the test to adjust)."""
+    import yaml
+    from pathlib import Path
+    copy_project(folder)
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["prepare"].update(source="shapes", resolution=resolution, shard_size=4,
+                             shapes={"num_classes": 2, "image_size": resolution,
+                                     "count_per_class": {"train": 4}, "seed": 0})
+    params["encode"]["device"] = "cpu"
+    params["autoencoder"].update(tiny_autoencoder_params())
+    params["evaluate"].update(samples=4, steps=2, batch_size=4, device="cpu",
+                              in_training={"samples": 4, "sampler": None, "steps": 2})
+    params["classifier"].update(epochs=1, input_size=resolution, device="cpu")
+    return params

@@ -59,3 +59,48 @@ def test_text_table_aligns_columns_to_the_widest_cell():
     assert table[1] == "-" * len(table[0])
     assert table[2] == "a           1"
     assert table[3] == "longer  12345"
+
+
+def test_every_model_needs_its_own_settings_entry_and_gets_them_laid_over_train(tmp_path):
+    path = write_params(tmp_path, lambda raw: raw["train"]["per_model"].pop("dit-t"))
+    with pytest.raises(ParamsError, match=r"per_model has no entry for dit-t: add dit-t: \{\}"):
+        load_params(path)
+    path = write_params(tmp_path, lambda raw: raw["train"]["per_model"]["dit-t"].update(
+        lr=0.5, model_overrides={"depth": 2}))
+    params = load_params(path)
+    assert params.for_model("dit-t").train.lr == 0.5
+    assert params.for_model("dit-t").train.model_overrides == {"depth": 2}
+    assert params.for_model("dice-t").train == params.train
+    path = write_params(tmp_path, lambda raw: raw["train"]["per_model"]["dit-t"].update(steps=9))
+    with pytest.raises(ParamsError, match=r"train\.per_model\.dit-t\.steps: Extra inputs"):
+        load_params(path)
+
+
+def test_a_profile_and_overrides_are_validated_and_keep_the_files_comments(tmp_path):
+    from pipelines.settings import update_params
+    path = tmp_path / "params.yaml"
+    shutil.copy(PROJECT_PARAMS, path)
+    assert update_params(path, None, ["train.steps=7", "train.per_model.dit-t.lr=0.25"])
+    params = load_params(path)
+    assert params.train.steps == 7 and params.for_model("dit-t").train.lr == 0.25
+    assert "# the paper: 35000" in path.read_text()
+    before = path.read_text()
+    with pytest.raises(ParamsError, match=r"(?s)-S train\.stepz=1 does not match.*train\.stepz"):
+        update_params(path, None, ["train.stepz=1"])
+    with pytest.raises(ParamsError, match="is not KEY=VALUE"):
+        update_params(path, None, ["train.steps"])
+    assert path.read_text() == before
+    assert not update_params(path, None, ["train.steps=7"])   # nothing to change
+
+
+def test_the_imagenet_profile_is_the_papers_setting():
+    from pipelines.settings import layered_params, validate
+    params = validate(layered_params(PROJECT_PARAMS, "imagenet"), "imagenet profile")
+    assert params.prepare.source == "imagenet" and params.prepare.resolution == 256
+    assert params.train.models == ["dice-xl", "dit-xl-2", "dimr-xl-2r"]
+    assert (params.train.steps, params.train.global_batch, params.train.lr) == (35000, 128, 1e-4)
+    assert params.train.activation_checkpointing and params.train.precision == "auto"
+    assert (params.train.eval_every, params.evaluate.samples, params.evaluate.steps) == \
+        (5000, 500, 250)
+    assert params.evaluate.feature_network == "inception" and params.seed == 42
+

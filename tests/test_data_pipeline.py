@@ -13,7 +13,7 @@ import yaml
 
 from dice_core.data import read_manifest, read_shard
 from dice_core.training.engine import child_process_env
-from helpers import copy_project, tiny_autoencoder_params
+from helpers import scratch_project
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -95,22 +95,6 @@ def test_a_stage_killed_with_sigkill_and_rerun_gives_complete_correct_shards(tmp
     run([sys.executable, "-m", "pipelines.prepare", "--params", str(params)])
     assert read_manifest(out)["shards"] == read_manifest(reference)["shards"]
     assert not list(out.glob("*.partial"))
-
-
-def scratch_project(folder, resolution):
-    """This project's code in ``folder`` with params for 8 shapes of 2 classes; returns the
-    params (not yet written, for the test to adjust)."""
-    copy_project(folder)
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    params["prepare"].update(source="shapes", resolution=resolution, shard_size=4,
-                             shapes={"num_classes": 2, "image_size": resolution,
-                                     "count_per_class": {"train": 4}, "seed": 0})
-    params["encode"]["device"] = "cpu"
-    params["autoencoder"].update(tiny_autoencoder_params())
-    params["evaluate"].update(samples=4, steps=2, batch_size=4, device="cpu",
-                              in_training={"samples": 4, "sampler": None, "steps": 2})
-    params["classifier"].update(epochs=1, input_size=resolution, device="cpu")
-    return params
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 from mlflow.tracking import MlflowClient
-from mlflow_server import free_port
+from servers import free_port
 from PIL import Image
 
 from dice_core.tracking import RunTracker, flatten_params, open_parent_run

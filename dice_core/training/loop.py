@@ -103,6 +103,7 @@ def inputs_digest(*tensors: torch.Tensor) -> str:
 def train_model(params: Params, model_name: str, worker: Worker | None = None) -> dict:
     """Trains ``model_name`` to ``train.steps`` (resuming its run folder) and returns a summary."""
     worker = worker or Worker()
+    params = params.for_model(model_name)
     train, seed = params.train, params.seed
     rank, world_size = worker.rank, worker.world_size
     is_main = rank == 0

@@ -1,0 +1,72 @@
+"""The stages of dvc.yaml in dependency order, and one stage reproduced through the DVC CLI."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+# DVC's words for a lock it could not take: its process lock, and its read/write lock of paths
+LOCK_HELD = ("Unable to acquire lock", "is being blocked by")
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def stage_order(root: Path) -> list[str]:
+    """Every stage (matrix items expanded, ``train@dice-t``), each after what it depends on;
+    among stages free to go, the order of dvc.yaml."""
+    import networkx as nx
+    from dvc.repo import Repo
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph.reverse()        # edges from a stage to its dependents
+        position = {stage: i for i, stage in enumerate(repo.index.stages)}
+        ordered = nx.lexicographical_topological_sort(graph, key=lambda s: position[s])
+        return [stage.addressing for stage in ordered]
+
+
+def lock_entry(root: Path, stage: str) -> dict | None:
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return None
+    return (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage)
+
+
+def dvc_environment() -> dict:
+    """This interpreter's folder first on PATH: the stages' ``python -m ...`` are this
+    environment's."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def reproduce(stage: str, root: Path, logger: logging.Logger | logging.LoggerAdapter) -> dict:
+    """``dvc repro --single-item stage``; ``ran`` is False when DVC found it up to date."""
+    before = lock_entry(root, stage)
+    started = time.perf_counter()
+    process = subprocess.Popen([str(Path(sys.executable).with_name("dvc")), "repro",
+                                "--single-item", stage], cwd=root, env=dvc_environment(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail: list[str] = []
+    for line in process.stdout:
+        line = line.rstrip()
+        if line and "\r" not in line:          # progress bars stay in the subprocess
+            logger.info("%s | %s", stage, line)
+        tail = (tail + [line])[-40:]
+    if process.wait() != 0:
+        raise StageFailed(failure_message(stage, root, "\n".join(tail)))
+    ran = lock_entry(root, stage) != before
+    return {"stage": stage, "ran": ran, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def failure_message(stage: str, root: Path, output: str) -> str:
+    if any(words in output for words in LOCK_HELD):
+        return (f"{stage}: DVC's lock is held. If no other `dvc repro` or `dice flow` runs in "
+                f"{root}, a killed run left it: remove {root / '.dvc' / 'tmp' / 'lock'} and "
+                f"{root / '.dvc' / 'tmp' / 'rwlock'}, then run the flow again (finished stages "
+                "are kept, training resumes from its checkpoints).\n" + output)
+    return f"{stage} failed (`dvc repro --single-item {stage}` in {root}):\n{output}"

@@ -1,0 +1,26 @@
+"""Which Prefect server the flow talks to, and a clear stop when there is none."""
+from __future__ import annotations
+
+import urllib.request
+
+
+def api_url() -> str | None:
+    from prefect.settings import PREFECT_API_URL
+    return PREFECT_API_URL.value()
+
+
+def require_server(timeout: float = 5.0) -> str:
+    """The configured server's API address, once its health endpoint answers."""
+    url = api_url()
+    if not url:
+        raise ValueError("no Prefect server configured: start one (make ui) and set "
+                         "PREFECT_API_URL=http://127.0.0.1:<port>/api (make ui prints it)")
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as response:
+            if response.status == 200:
+                return url
+    except OSError as error:
+        raise ValueError(f"the Prefect server at {url} does not answer ({error}): start it "
+                         "(make ui, or prefect server start) or point PREFECT_API_URL at "
+                         "one that runs") from None
+    raise ValueError(f"the Prefect server at {url} is not healthy: see its log")

@@ -1,0 +1,58 @@
+"""Deliver step (``dice deliver``, the flow's last task, the end of ``make repro``): MLflow
+records that runs journalled while the server was down, sent now.
+
+It runs outside the DVC stages, so that DVC stays up to date; a server still down leaves the
+records where they are, for the next delivery.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from dice_core.config import load_params
+from dice_core.durable import read_json
+from dice_core.tracking.delivery import deliver_journal, journals_with_records, parent_run_id
+
+logger = logging.getLogger(__name__)
+
+
+def deliver_pending(root: Path, log: logging.Logger | logging.LoggerAdapter = logger) -> int:
+    """Send every journal under the project's ``train.output``; returns the records sent."""
+    params = load_params(root / "params.yaml")
+    runs_root = root / params.train.output
+    sent = 0
+    for state in journals_with_records(runs_root):
+        summary = read_json(state.parent / "summary.json") or {}
+        done, left = deliver_journal(state, params.tracking.uri, params.tracking.experiment,
+                               summary.get("status", "FINISHED"),
+                               None if state.parent.name == "pipeline" else
+                               parent_run_id(runs_root))
+        sent += done
+        log.info("%s: sent %d journalled MLflow records, %d still pending", state.parent.name,
+                 done, left)
+        if left:
+            log.warning("MLflow at %s did not take them all; run `dice deliver` when it is "
+                        "back", params.tracking.uri or "./mlflow.db")
+    return sent
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--project", default=".", help="the project root (params.yaml)")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sent = deliver_pending(Path(args.project))
+    print(f"deliver: {sent} journalled MLflow records sent")
+    return sent
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.cli import main as dice_main
+    return dice_main(["deliver", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The Prefect flow as users run it, against a real Prefect server and a real MLflow server:
+every stage of dvc.yaml as a task through DVC, the artifacts, the MLflow parent run and its
+children, a second run that trains nothing, per-model DVC dependencies, the scheduled
+deployment, and the failures a user meets."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from dice_core.training.engine import child_process_env
+from helpers import scratch_project
+from pipelines.settings import update_params
+
+PROJECT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MODELS = ["dit-t", "dice-t"]
+
+
+def environment(prefect_api: str | None) -> dict:
+    env = child_process_env()   # not the rank and port of an engine in this test process
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(PROJECT / ".cache" / "torch_extensions"))
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    env.pop("PREFECT_API_URL", None)
+    if prefect_api:
+        env["PREFECT_API_URL"] = prefect_api
+    return env
+
+
+def run(command, cwd, prefect_api=None, check=True, timeout=600):
+    return subprocess.run(command, cwd=cwd, check=check, capture_output=True, text=True,
+                          env=environment(prefect_api), timeout=timeout)
+
+
+def flow_project(folder: Path, mlflow_uri: str) -> dict:
+    """Two tiny models, 2 steps each, evaluated at steps 1 and 2, in a git + DVC repository."""
+    params = scratch_project(folder, resolution=8)
+    params["static"].update(models=["dit-t"], timed_steps=2, ddpm_steps=2,
+                            model_overrides={"input_size": 8, "in_channels": 4,
+                                             "num_classes": 2})
+    params["train"].update(models=MODELS, steps=2, global_batch=4, log_every=1, ckpt_every=2,
+                           eval_every=1, loader_workers=0, device="cpu",
+                           per_model={model: {} for model in MODELS})
+    params["report"].update(bootstrap=10, timed_steps=2, ddpm_steps=2)
+    params["tracking"].update(uri=mlflow_uri, experiment=folder.name, log_images=False,
+                              retry_seconds=0.1)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    run(["git", "init", "-q"], folder)
+    run([str(BIN / "dvc"), "init", "-q"], folder)
+    return params
+
+
+def api(prefect_api: str, path: str, body: dict | None = None) -> list[dict]:
+    response = httpx.post(f"{prefect_api}/{path}", json=body or {}, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def flow_result(stdout: str) -> dict:
+    return json.loads(stdout[stdout.index("{"):])
+
+
+def dvc_status(folder: Path) -> dict:
+    return json.loads(run([str(BIN / "dvc"), "status", "--json"], folder).stdout or "{}")
+
+
+@pytest.mark.slow
+def test_the_flow_runs_every_stage_through_dvc_and_a_second_run_trains_nothing(
+        tmp_path, prefect_server, mlflow_server):
+    flow_project(tmp_path, mlflow_server.uri)
+    first = run([sys.executable, "-m", "pipelines.flow"], tmp_path, prefect_server.api_url)
+    stages = [s["stage"] for s in flow_result(first.stdout)["stages"]]
+    assert stages[:3] == ["prepare", "autoencoder", "encode"] and stages[-1] == "report"
+    assert {f"train@{m}" for m in MODELS} | {f"evaluate@{m}" for m in MODELS} <= set(stages)
+
+    [flow_run] = api(prefect_server.api_url, "flow_runs/filter")
+    assert flow_run["state_type"] == "COMPLETED"
+    tasks = api(prefect_server.api_url, "task_runs/filter",
+                {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})
+    assert {t["name"] for t in tasks} >= set(stages)
+    assert all(t["state_type"] == "COMPLETED" for t in tasks)
+    keys = {a["key"] for a in api(prefect_server.api_url, "artifacts/filter")}
+    assert {"table-1", "table-2", "report", *(f"mlflow-{m}" for m in MODELS)} <= keys
+
+    client = MlflowClient(mlflow_server.uri)
+    runs = client.search_runs([client.get_experiment_by_name(tmp_path.name).experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
+    children = {r.info.run_name: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == set(MODELS)
+    for child in children.values():
+        history = client.get_metric_history(child.info.run_id, "fd_effnet")
+        assert sorted(m.step for m in history) == [1, 2]
+
+    second = flow_result(run([sys.executable, "-m", "pipelines.flow"], tmp_path,
+                             prefect_server.api_url).stdout)
+    assert second["ran"] == []
+
+    update_params(tmp_path / "params.yaml", overrides=["train.log_every=2"])
+    assert dvc_status(tmp_path) == {}
+    update_params(tmp_path / "params.yaml", overrides=["train.per_model.dice-t.lr=0.01"])
+    assert set(dvc_status(tmp_path)) == {"train@dice-t", "report"}
+
+
+@pytest.mark.slow
+def test_serving_the_deployment_registers_its_cron_schedule(tmp_path, prefect_server):
+    (tmp_path / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
+    server = subprocess.Popen([sys.executable, "-m", "pipelines.flow", "serve", "--cron",
+                               "30 3 * * *"], cwd=tmp_path, env=environment(
+                                   prefect_server.api_url), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        found = []
+        while not found and time.monotonic() < deadline:
+            found = [d for d in api(prefect_server.api_url, "deployments/filter")
+                     if d["name"] == "dice-nightly"]
+            time.sleep(1)
+        [deployment] = found
+        crons = [s["schedule"].get("cron") for s in deployment["schedules"]]
+        assert crons == ["30 3 * * *"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_serving_without_a_prefect_server_stops_with_what_to_do(tmp_path):
+    from servers import free_port
+    (tmp_path / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
+    down = f"http://127.0.0.1:{free_port()}/api"
+    result = run([sys.executable, "-m", "pipelines.flow", "serve"], tmp_path, down, check=False,
+                 timeout=120)
+    assert result.returncode == 2
+    assert f"the Prefect server at {down} does not answer" in result.stderr
+    assert "make ui" in result.stderr
+
+
+def test_a_wrong_override_or_profile_stops_the_flow_before_any_stage(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((PROJECT / "params.yaml").read_text())
+    before = params.read_text()
+    result = run([sys.executable, "-m", "pipelines.flow", "-S", "train.stepz=3"], tmp_path,
+                 check=False, timeout=120)
+    assert result.returncode == 2 and "train.stepz: Extra inputs are not permitted" in \
+        result.stderr
+    result = run([sys.executable, "-m", "pipelines.flow", "--profile", "nonesuch"], tmp_path,
+                 check=False, timeout=120)
+    assert result.returncode == 2 and "no profile 'nonesuch'" in result.stderr
+    assert params.read_text() == before
+
+
+def test_dice_profile_imagenet_writes_params_that_dvc_runs_as_the_whole_graph(tmp_path):
+    from helpers import copy_project
+    copy_project(tmp_path)
+    (tmp_path / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
+    run(["git", "init", "-q"], tmp_path)
+    run([str(BIN / "dvc"), "init", "-q"], tmp_path)
+    written = run([sys.executable, "-m", "pipelines.cli", "profile", "imagenet"], tmp_path)
+    assert "profile imagenet written" in written.stdout
+    # --force: in a repository where nothing ran yet, a plain --dry stops at the first
+    # stage whose input another stage has not made
+    dry = run([str(BIN / "dvc"), "repro", "--dry", "--force"], tmp_path).stdout
+    stages = ["static", "prepare", "autoencoder", "encode", "reference", "classifier", "report",
+              *(f"{stage}@{model}" for stage in ("train", "evaluate")
+                for model in ("dice-xl", "dit-xl-2", "dimr-xl-2r"))]
+    assert all(f"Running stage '{stage}'" in dry for stage in stages), dry
