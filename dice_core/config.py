@@ -168,6 +168,10 @@ class EvaluateParams(Section):
     inception_weights: str | None = None
     reference: str = "data/reference.npz"
     reference_split: Literal["train", "val"] = "train"
+    reference_batch: str | None = None   # an OpenAI ADM reference batch to build it from instead
+    # ADM's conventions (None: ADM's for Inception, the exact trace and float32 for effnet)
+    fd_square_root: Literal["adm", "exact"] | None = None
+    pr_distances: Literal["float16", "float32"] | None = None
     classifier: str | None = "data/classifier.safetensors"   # class accuracy when it exists
     device: str = "auto"
     output: str = "results/eval"

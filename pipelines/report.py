@@ -124,8 +124,10 @@ def final_intervals(params: Params, manifest: dict, results, resamples: int) -> 
             per_sample = {key: data[key] for key in data.files}
         point = {key: r.final[names.get(key, key)] for key in RANKED
                  if names.get(key, key) in r.final}
-        intervals[r.model] = sample_intervals(per_sample, *reference.pool_statistics(),
-                                              reference.pool, point, resamples, params.seed)
+        # evaluations from before the distances were recorded took float32
+        intervals[r.model] = sample_intervals(
+            per_sample, *reference.pool_statistics(), reference.pool, point, resamples,
+            params.seed, pr_distances=r.final.get("pr_distances", "float32"))
     return intervals
 
 

@@ -111,3 +111,28 @@ def scratch_project(folder, resolution):
                               in_training={"samples": 4, "sampler": None, "steps": 2})
     params["classifier"].update(epochs=1, input_size=resolution, device="cpu")
     return params
+
+
+def random_inception_weights(path, calibration_images=None):
+    """A randomly initialised FID Inception (BN statistics too) saved as a state dict with the
+    standard key names and shapes. Random BN statistics give nearly the same features for every
+    image; with ``calibration_images`` they are those images' batch statistics instead, so that
+    features differ from image to image as a trained network's do."""
+    from dice_core.metrics import FIDInceptionV3
+    network = FIDInceptionV3()
+    if calibration_images is None:
+        generator = torch.Generator().manual_seed(0)
+        for name, buffer in network.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.copy_(torch.randn(buffer.shape, generator=generator) * 0.1)
+            elif name.endswith("running_var"):
+                buffer.copy_(torch.rand(buffer.shape, generator=generator) + 0.5)
+    else:
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None   # the running statistics become the batch's
+        with torch.no_grad():
+            network.train()(torch.from_numpy(calibration_images))
+    torch.save(network.state_dict(), path)
+    return network.eval()

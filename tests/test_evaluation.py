@@ -1,19 +1,24 @@
 """Evaluation of trained models: reference statistics, `dice evaluate`, the in-training hook."""
 import json
+import shutil
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
 from dice_core.config import Params
 from dice_core.data import read_manifest
+from dice_core.data.encoders import decoder_for
 from dice_core.evaluation.evaluate import build_reference, evaluate_model
-from dice_core.metrics import ReferenceMismatchError
+from dice_core.evaluation.sampling import sample_images
+from dice_core.metrics import (FID_WEIGHTS_FILE, ReferenceMismatchError,
+                               frechet_distance_to_features, load_reference, precision_recall)
 from dice_core.models import build_model
-from dice_core.models.serialization import load_model
+from dice_core.models.serialization import load_model, save_model
 from dice_core.training import ema_weights_path, train_model
-from helpers import tiny_latents, training_params
+from helpers import random_inception_weights, tiny_latents, training_params
 from pipelines.cli import main as dice_main
 
 
@@ -28,9 +33,10 @@ def eval_params(tmp_path, data, uri, **evaluate) -> dict:
     raw = training_params(tmp_path, data / "latents", uri, steps=2, ckpt_every=2)
     raw["prepare"]["output"] = str(data / "prepared")
     raw["encode"]["output"] = str(data / "latents")
-    raw["evaluate"].update(reference=str(data / "reference.npz"), samples=6, steps=4,
-                           batch_size=4, output=str(tmp_path / "eval"), device="cpu",
-                           classifier=str(tmp_path / "no-classifier.safetensors"), **evaluate)
+    raw["evaluate"].update({"reference": str(data / "reference.npz"), "samples": 6, "steps": 4,
+                            "batch_size": 4, "output": str(tmp_path / "eval"), "device": "cpu",
+                            "classifier": str(tmp_path / "no-classifier.safetensors"),
+                            **evaluate})
     raw["classifier"].update(output=str(tmp_path / "classifier.safetensors"), epochs=20,
                              batch_size=16, input_size=16, holdout_fraction=0.25, device="cpu")
     return raw
@@ -60,8 +66,9 @@ def test_dice_evaluate_writes_metrics_samples_and_grid_and_repeats_exactly(
                           "--output", str(out)]) == 0
         folder = out / "dit-t"
         with np.load(folder / "samples.npz") as samples:
-            images = samples["arr_0"]
+            images, labels = samples["arr_0"], samples["arr_1"]
         assert images.shape == (6, 16, 16, 3) and images.dtype == np.uint8
+        assert labels.dtype == np.int64 and list(labels) == [0, 1, 2, 0, 1, 2]
         assert (folder / "grid.png").is_file()
         outputs.append((images, json.loads((folder / "metrics.json").read_text())))
     np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
@@ -80,6 +87,109 @@ def test_a_reference_for_another_encoder_or_resolution_is_refused(tmp_path, data
     for field, value in (("encoder", "vae:sd-vae-ft-ema"), ("resolution", 256)):
         with pytest.raises(ReferenceMismatchError, match=f"{field}="):
             evaluate_model(model, {**manifest, field: value}, config, 0, tmp_path / field)
+
+
+@pytest.fixture
+def one_thread():
+    """As in test_metrics: on two shared cores a second OpenMP thread slows Inception's
+    convolutions several times over."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def imagenet_latents(tmp_path, data):
+    """The test's latents as if prepared from ImageNet, the data ADM's batches are made for."""
+    latents = tmp_path / "imagenet-latents"
+    shutil.copytree(data / "latents", latents)
+    manifest = json.loads((latents / "manifest.json").read_text())
+    manifest["source"] = {**manifest["source"], "name": "imagenet"}
+    (latents / "manifest.json").write_text(json.dumps(manifest))
+    return latents
+
+
+def write_adm_batch(path, images, pool_dim=2048, spatial_dim=2023):
+    """An ADM reference batch: statistics of Inception's pool and spatial features, and images."""
+    rng = np.random.default_rng(0)
+    np.savez(path, mu=rng.random(pool_dim), sigma=np.diag(rng.random(pool_dim)),
+             mu_s=rng.random(spatial_dim), sigma_s=np.diag(rng.random(spatial_dim)), arr_0=images)
+    return path
+
+
+def random_model(tmp_path):
+    path = tmp_path / "dit-t.safetensors"
+    save_model(build_model("dit-t", in_channels=3, input_size=16, num_classes=3), path)
+    return path
+
+
+def test_dice_evaluate_against_an_adm_reference_batch_gives_all_five_metrics(tmp_path, data,
+                                                                            one_thread):
+    latents = imagenet_latents(tmp_path, data)
+    raw = eval_params(tmp_path, data, None, feature_network="inception", samples=5,
+                      reference=str(tmp_path / "imagenet-reference.npz"),
+                      fd_square_root="exact")   # ADM's: two 2000 x 2000 roots, minutes here
+    raw["train"]["data"] = str(latents)
+    checkpoint = random_model(tmp_path)
+    manifest = read_manifest(latents)
+    samples = sample_images(load_model(checkpoint).eval(), decoder_for(manifest, "cpu"),
+                            count=5, num_classes=3, seed=raw["seed"], steps=4, batch_size=4,
+                            latent_shape=tuple(manifest["latent_shape"]))
+    # three of the samples the evaluation will draw, and three dark images far from them
+    images = np.concatenate([samples[:3], np.random.default_rng(1).integers(
+        0, 30, (3, 16, 16, 3), dtype=np.uint8)])
+    batch = write_adm_batch(tmp_path / "VIRTUAL_imagenet16_labeled.npz", images)
+    weights = tmp_path / FID_WEIGHTS_FILE
+    random_inception_weights(weights, calibration_images=images)
+    raw["evaluate"]["inception_weights"] = str(weights)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+
+    assert dice_main(["reference", "--params", str(params_file),
+                      "--reference-batch", str(batch)]) == 0
+    assert dice_main(["evaluate", "--params", str(params_file), "--model", "dit-t",
+                      "--checkpoint", str(checkpoint)]) == 0
+
+    folder = tmp_path / "eval" / "dit-t"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert {"fid", "sfid", "inception_score", "precision", "recall"} <= set(metrics)
+    assert metrics["pr_distances"] == "float16" and metrics["fd_square_root"] == "exact"
+    with np.load(folder / "samples.npz") as written:
+        np.testing.assert_array_equal(written["arr_0"], samples)   # uint8 NHWC
+        assert written["arr_1"].dtype == np.int64 and list(written["arr_1"]) == [0, 1, 2, 0, 1]
+    with np.load(folder / "features.npz") as features:
+        sample_pool = features["pool"]
+    with np.load(batch) as adm:
+        assert metrics["fid"] == pytest.approx(
+            frechet_distance_to_features(adm["mu"], adm["sigma"], sample_pool, "exact"),
+            rel=1e-12)   # ADM's statistics, not those of its 6 images
+    kept, meta = load_reference(tmp_path / "imagenet-reference.npz", expected={})
+    assert meta["origin"] == "adm-reference-batch" and meta["count"] == 6
+    # the reference's pool rows are features of its arr_0: the samples among them match
+    np.testing.assert_allclose(kept.pool[:3], sample_pool[:3], rtol=1e-4, atol=1e-5)
+    assert (metrics["precision"], metrics["recall"]) == precision_recall(
+        kept.pool, sample_pool, distances="float16")
+    assert metrics["recall"] == 0.5   # the sampled images are covered, the dark ones not
+
+
+def test_an_adm_batch_for_other_data_or_another_resolution_is_refused_saying_what_to_do(
+        tmp_path, data, capsys):
+    batch = write_adm_batch(tmp_path / "VIRTUAL_imagenet16_labeled.npz",
+                            np.zeros((4, 16, 16, 3), np.uint8), pool_dim=8, spatial_dim=4)
+    raw = eval_params(tmp_path, data, None, feature_network="inception", reference=str(batch))
+    config = Params.model_validate(raw).evaluate
+    manifest = read_manifest(data / "latents")
+    model = build_model("dit-t", in_channels=3, input_size=16, num_classes=3).eval()
+    for source, resolution in (("fashion-mnist", 16), ("imagenet", 32)):
+        with pytest.raises(ReferenceMismatchError,
+                           match=r"made for ImageNet at 16x16 .*dvc repro reference"):
+            evaluate_model(model, {**manifest, "source": {"name": source},
+                                   "resolution": resolution}, config, 0, tmp_path / source)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))   # the shapes data, through the command
+    assert dice_main(["evaluate", "--params", str(params_file), "--model", "dit-t",
+                      "--checkpoint", str(random_model(tmp_path))]) == 2
+    assert "source='shapes'" in capsys.readouterr().err
 
 
 def test_evaluate_without_a_trained_model_says_what_to_do(tmp_path, data, capsys):

@@ -12,8 +12,9 @@ from dice_core.metrics import (FID_WEIGHTS_FILE, FeatureNetworkError, FeatureSet
                                inception_score, inception_score_from_probabilities,
                                load_effnet_lite0, load_fid_inception, load_reference,
                                precision_recall, save_reference, statistics, trace_sqrt_product)
-from dice_core.metrics.adm import kth_neighbour_radii
+from dice_core.metrics.adm import distance_rows, kth_neighbour_radii, squared_distances
 from dice_core.metrics.network_io import resize_bilinear_tf1
+from helpers import random_inception_weights
 
 CAT_CLASSES = {281, 282, 283, 284, 285}
 COFFEE_CLASSES = {504, 967, 968}
@@ -54,7 +55,7 @@ def test_the_sample_space_route_equals_the_adm_route():
     reference = rng.standard_normal((400, 64)) @ rng.standard_normal((64, 64))
     samples = rng.standard_normal((40, 64)) + 0.3  # fewer samples than dimensions
     mu, sigma = statistics(reference)
-    assert frechet_distance_to_features(mu, sigma, samples) == pytest.approx(
+    assert frechet_distance_to_features(mu, sigma, samples, "exact") == pytest.approx(
         frechet_distance(mu, sigma, *statistics(samples)), rel=1e-8)
 
 
@@ -64,14 +65,16 @@ def test_frechet_distance_of_a_set_with_itself_is_zero():
         mu, sigma = statistics(features)
         scale = np.trace(sigma)
         assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-6 * scale
-        assert abs(frechet_distance_to_features(mu, sigma, features)) < 1e-6 * scale
+        for route in ("adm", "exact"):
+            assert abs(frechet_distance_to_features(mu, sigma, features, route)) < 1e-6 * scale
 
 
 def test_500_samples_in_2048_dimensions_give_a_real_finite_distance():
     rng = np.random.default_rng(4)
     reference, samples = rng.random((500, 2048)), rng.random((500, 2048)) * 1.1
     real = FeatureSet(pool=reference)
-    metrics = compute_metrics(real, FeatureSet(pool=samples), "inception")
+    # the exact route: ADM's would take a 2048 x 2048 square root (a minute or more here)
+    metrics = compute_metrics(real, FeatureSet(pool=samples), "inception", fd_square_root="exact")
     assert isinstance(metrics["fid"], float) and np.isfinite(metrics["fid"])
     assert metrics["fid"] > 0
 
@@ -85,7 +88,7 @@ def test_where_adm_would_raise_on_an_imaginary_part_the_square_root_stays_real()
     trace = trace_sqrt_product(sigma1, sigma2)
     assert isinstance(trace, float) and np.isfinite(trace)
     assert frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(
-        frechet_distance_to_features(mu1, sigma1, b), rel=1e-6)
+        frechet_distance_to_features(mu1, sigma1, b, "exact"), rel=1e-6)
 
 
 def test_precision_and_recall_of_identical_and_of_far_apart_sets():
@@ -127,11 +130,14 @@ def test_metric_names_say_which_network_they_come_from():
                       spatial=rng.random((50, 20)))
     inception = compute_metrics(real, fake, "inception")
     assert set(inception) == {"feature_network", "num_samples", "fid", "sfid", "inception_score",
-                              "precision", "recall"}
+                              "precision", "recall", "fd_square_root", "pr_distances"}
+    assert (inception["fd_square_root"], inception["pr_distances"]) == ("adm", "float16")
     assert inception["feature_network"] == "inception" and inception["num_samples"] == 50
     effnet = compute_metrics(real, fake, "effnet")
     assert set(effnet) == {"feature_network", "num_samples", "fd_effnet", "sfd_effnet",
-                           "is_effnet", "precision_effnet", "recall_effnet"}
+                           "is_effnet", "precision_effnet", "recall_effnet", "fd_square_root",
+                           "pr_distances"}
+    assert (effnet["fd_square_root"], effnet["pr_distances"]) == ("exact", "float32")
     assert effnet["fd_effnet"] == pytest.approx(inception["fid"])
 
 
@@ -172,10 +178,142 @@ def test_an_adm_reference_batch_loads_as_an_inception_reference(tmp_path):
     np.savez(path, mu=rng.random(8), sigma=np.eye(8), mu_s=rng.random(4), sigma_s=np.eye(4),
              arr_0=np.zeros((3, 32, 32, 3), np.uint8))
     features, meta = load_reference(path, expected={"network": "inception", "resolution": 32})
-    assert meta["source"] == "adm-reference-batch"
+    assert meta["origin"] == "adm-reference-batch"
     assert features.pool is None and features.spatial_statistics()[0].shape == (4,)
     with pytest.raises(ReferenceMismatchError, match="network"):
         load_reference(path, expected={"network": "effnet"})
+
+
+IMAGENET = {"name": "imagenet", "root": "/data/imagenet", "num_classes": 1000,
+            "split_sizes": {"train": 1_281_167}}
+
+
+def adm_batch(path, resolution=32, images=True):
+    rng = np.random.default_rng(9)
+    arrays = {"mu": rng.random(8), "sigma": np.eye(8), "mu_s": rng.random(4), "sigma_s": np.eye(4)}
+    if images:
+        arrays["arr_0"] = np.zeros((3, resolution, resolution, 3), np.uint8)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_an_adm_batch_fits_imagenet_at_its_resolution_whatever_the_encoder(tmp_path):
+    path = adm_batch(tmp_path / "VIRTUAL_imagenet32_labeled.npz")
+    for encoder in ("vae:sd-vae-ft-ema", "pixels"):
+        _, meta = load_reference(path, {"network": "inception", "resolution": 32,
+                                        "source": IMAGENET, "encoder": encoder})
+    assert meta["source"] == {"name": "imagenet"} and meta["resolution"] == 32
+    without_images = adm_batch(tmp_path / "VIRTUAL_imagenet64.npz", images=False)
+    _, meta = load_reference(without_images, {"network": "inception", "resolution": 64,
+                                              "source": IMAGENET, "encoder": "pixels"})
+    assert meta["resolution"] == 64   # from its name
+
+
+def test_an_adm_batch_is_refused_for_other_data_or_resolution_saying_what_to_do(tmp_path):
+    path = adm_batch(tmp_path / "VIRTUAL_imagenet32_labeled.npz")
+    fashion = {"network": "inception", "resolution": 32, "source": {"name": "fashion-mnist"},
+               "encoder": "vae:autoencoder"}
+    for expected in (fashion, {**fashion, "source": IMAGENET, "resolution": 64},
+                     {**fashion, "source": IMAGENET, "network": "effnet"}):
+        with pytest.raises(ReferenceMismatchError,
+                           match=r"made for ImageNet at 32x32 .*dvc repro reference"):
+            load_reference(path, expected)
+    renamed = adm_batch(tmp_path / "reference.npz")
+    with pytest.raises(ReferenceMismatchError, match="file name does not name"):
+        load_reference(renamed, {**fashion, "source": IMAGENET})
+
+
+def test_without_reference_features_the_metrics_say_precision_and_recall_were_not_computed():
+    rng = np.random.default_rng(11)
+    real = FeatureSet(mu=np.zeros(16), sigma=np.eye(16))
+    metrics = compute_metrics(real, FeatureSet(pool=rng.random((40, 16))), "inception")
+    assert "precision" not in metrics and "recall" not in metrics
+    assert "dice reference --reference-batch" in metrics["precision_recall_skipped"]
+
+
+def test_the_reported_fid_takes_adms_eps_retry_where_the_first_square_root_is_not_finite(
+        monkeypatch):
+    """Older scipy gave NaN for the square root of a singular product (fewer samples than
+    dimensions), and ADM then retries with eps on the diagonals: made so here."""
+    rng = np.random.default_rng(10)
+    reference, samples = rng.standard_normal((200, 32)), rng.standard_normal((12, 32)) + 0.2
+    sqrtm, singular = linalg.sqrtm, []
+
+    def nan_where_singular(matrix, *args, **kwargs):
+        singular.append(np.linalg.matrix_rank(matrix) < len(matrix))
+        return np.full_like(matrix, np.nan) if singular[-1] else sqrtm(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(linalg, "sqrtm", nan_where_singular)
+    real = FeatureSet(pool=reference)
+    adm = frechet_distance(*real.pool_statistics(), *statistics(samples))
+    assert singular == [True, False]   # the first root failed, the retry did not
+    fid = compute_metrics(real, FeatureSet(pool=samples), "inception")["fid"]
+    assert fid == adm
+    exact = frechet_distance_to_features(*real.pool_statistics(), samples, "exact")
+    assert abs(fid - exact) > 1e-4 * fid   # the retry is seen: the eps moved the distance
+
+
+def numpy_float16_distances(u, v):
+    """ADM's float16 DistanceBlock written in NumPy: float16 inputs, every result rounded to
+    float16 with products summed in float32 (as a GPU's), float32 where any is not finite."""
+    u16, v16 = u.astype(np.float16), v.astype(np.float16)
+    with np.errstate(over="ignore", invalid="ignore"):   # overflow is what this looks for
+        norms_u = (u16 * u16).astype(np.float32).sum(axis=1).astype(np.float16)[:, None]
+        norms_v = (v16 * v16).astype(np.float32).sum(axis=1).astype(np.float16)[None, :]
+        products = (u16.astype(np.float32) @ v16.astype(np.float32).T).astype(np.float16)
+        block = np.maximum(norms_u - np.float16(2) * products + norms_v, np.float16(0))
+    if np.isfinite(block).all():
+        return block.astype(np.float32)
+    u32, v32 = u.astype(np.float32), v.astype(np.float32)
+    return np.maximum((u32 * u32).sum(axis=1)[:, None] - 2 * u32 @ v32.T
+                      + (v32 * v32).sum(axis=1)[None, :], 0)
+
+
+def numpy_float16_precision_recall(real, fake, k=3):
+    def radii(features):
+        return np.partition(numpy_float16_distances(features, features), k, axis=1)[:, k]
+    distances = numpy_float16_distances(real, fake)
+    precision = (distances <= radii(real)[:, None]).any(axis=0).mean()
+    recall = (distances <= radii(fake)[None, :]).any(axis=1).mean()
+    return float(precision), float(recall)
+
+
+def quantised_features(rng, count, dim=24, shift=0):
+    """Multiples of 1/8: float32 sums of their products are exact in any order, so float16
+    rounding is the only rounding and two implementations must agree to the bit."""
+    return (rng.integers(0, 48, (count, dim)) + shift) / 8
+
+
+def test_float16_precision_recall_equal_an_independent_float16_computation():
+    rng = np.random.default_rng(12)
+    real, fake = quantised_features(rng, 80), quantised_features(rng, 60, shift=3)
+    torch_distances = torch.cat([block for _, block in distance_rows(
+        torch.tensor(real, dtype=torch.float32), torch.tensor(fake, dtype=torch.float32),
+        "float16")])
+    np.testing.assert_array_equal(torch_distances.numpy(), numpy_float16_distances(real, fake))
+    assert (torch_distances != squared_distances(torch.tensor(real, dtype=torch.float32),
+                                                 torch.tensor(fake, dtype=torch.float32))).any()
+    adm = numpy_float16_precision_recall(real, fake)
+    assert precision_recall(real, fake, distances="float16") == adm
+    assert precision_recall(real, fake, distances="float16", batch_size=16) == adm
+    assert compute_metrics(FeatureSet(pool=real), FeatureSet(pool=fake), "inception")[
+        "precision"] == adm[0]
+
+
+def test_float16_distances_fall_back_to_float32_block_by_block_as_adm():
+    rng = np.random.default_rng(13)
+    features = quantised_features(rng, 8)
+    features[5] *= 100   # |x|^2 beyond float16's 65504: its blocks overflow
+    tensor = torch.tensor(features, dtype=torch.float32)
+    ours = torch.cat([block for _, block in distance_rows(tensor, tensor, "float16",
+                                                          batch_size=4)]).numpy()
+    blocks = [slice(0, 4), slice(4, 8)]
+    adm = np.block([[numpy_float16_distances(features[r], features[c]) for c in blocks]
+                    for r in blocks])
+    np.testing.assert_array_equal(ours, adm)
+    float32 = squared_distances(tensor, tensor).numpy()
+    assert (ours[:4, :4] != float32[:4, :4]).any()          # float16 where nothing overflows
+    np.testing.assert_array_equal(ours[:, 4:], float32[:, 4:])   # float32 where it does
 
 
 def test_check_samples_counts_non_finite_samples_and_refuses_bad_arrays():
@@ -200,20 +338,6 @@ def test_tf1_bilinear_resize_samples_at_i_times_in_over_out():
     torch.testing.assert_close(out[0, 0, :, 0], expected_row * 2)
     y = torch.rand(1, 3, 17, 17)
     assert torch.equal(resize_bilinear_tf1(y, 17), y)
-
-
-def random_inception_weights(path):
-    """A randomly initialised FID Inception (BN statistics too) saved as a state dict with the
-    standard key names and shapes."""
-    network = FIDInceptionV3()
-    generator = torch.Generator().manual_seed(0)
-    for name, buffer in network.named_buffers():
-        if name.endswith("running_mean"):
-            buffer.copy_(torch.randn(buffer.shape, generator=generator) * 0.1)
-        elif name.endswith("running_var"):
-            buffer.copy_(torch.rand(buffer.shape, generator=generator) + 0.5)
-    torch.save(network.state_dict(), path)
-    return network.eval()
 
 
 def test_inception_loads_a_standard_state_dict_strictly_and_gives_adm_shapes(tmp_path):

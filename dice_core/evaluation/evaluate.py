@@ -3,6 +3,7 @@ samples (ADM-format .npz and a grid PNG) and ADM's metrics in the chosen feature
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from dice_core.data.encoders import decoder_for, pick_device
 from dice_core.durable import replace_atomically, write_text_atomic
 from dice_core.metrics import (compute_metrics, extract_features, load_effnet_lite0,
                                load_fid_inception, load_reference, save_reference)
+from dice_core.metrics.reference import ADM_ORIGIN, adm_batch_images
+from dice_core.metrics.report import NO_REFERENCE_ROWS
 
 from .classifier import load_classifier, predict
 from .sampling import fixed_labels, image_grid, sample_images
@@ -55,6 +58,24 @@ def build_reference(config: EvaluateParams, prepared_dir: str | Path,
     return {**meta, "count": len(images)}
 
 
+def reference_from_batch(config: EvaluateParams) -> dict:
+    """Our reference made once from the OpenAI ADM batch ``config.reference_batch``: its
+    statistics as they are, with the Inception pool features of its ``arr_0`` images for
+    precision/recall, and what it was made for (ImageNet at the images' resolution)."""
+    if config.feature_network != "inception":
+        raise ValueError(f"the ADM reference batch {config.reference_batch} holds Inception "
+                         "statistics: set evaluate.feature_network to inception "
+                         "(--feature-network inception)")
+    statistics, meta = load_reference(config.reference_batch, expected={})
+    if meta.get("origin") != ADM_ORIGIN:
+        raise ValueError(f"{config.reference_batch} is not an ADM reference batch (mu, sigma, "
+                         "mu_s, sigma_s and arr_0 images); point evaluate.reference_batch to one")
+    images = adm_batch_images(config.reference_batch)
+    pool = extract_features(feature_network(config), images, config.batch_size).pool
+    save_reference(config.reference, replace(statistics, pool=pool), meta)
+    return {**meta, "count": len(images)}
+
+
 class Evaluator:
     """Everything an evaluation needs besides the model, loaded once (the reference, checked
     against the data; the decoder; the feature network; the class-accuracy model, if any), so
@@ -64,6 +85,9 @@ class Evaluator:
         self.manifest, self.config, self.seed = latents_manifest, config, seed
         self.reference, _ = load_reference(
             config.reference, reference_identity(latents_manifest, config.feature_network))
+        if self.reference.pool is None:
+            print(f"warning: precision and recall against {config.reference} are "
+                  f"{NO_REFERENCE_ROWS}")
         self.decoder = decoder_for(latents_manifest, config.device)
         self.network = feature_network(config)
         self.classifier = None
@@ -89,7 +113,9 @@ class Evaluator:
                                batch_size=config.batch_size, progress=progress)
         labels = fixed_labels(config.samples, num_classes).numpy()
         features = extract_features(self.network, images, config.batch_size)
-        metrics = compute_metrics(self.reference, features, config.feature_network)
+        metrics = compute_metrics(self.reference, features, config.feature_network,
+                                  fd_square_root=config.fd_square_root,
+                                  pr_distances=config.pr_distances)
         per_sample = {"pool": features.pool, "logits": features.logits, "labels": labels}
         if self.classifier is not None:
             per_sample["predicted"] = predict(self.classifier, images)

@@ -7,6 +7,10 @@ recall are not: their k-NN radii collapse when a sample appears twice, so they a
 on random subsets without replacement (``SUBSET_FRACTION`` of the samples), which widens the
 interval a little but does not bias it towards duplicates. One training seed was run, so the
 intervals cover the sampling of the evaluation only.
+
+The FD draws take the exact, fast square-root route even where the evaluation took ADM's (a
+d x d square root each); the bias shift puts their spread around the evaluation's value.
+Precision and recall are redrawn with the evaluation's own distances (float16 or float32).
 """
 from __future__ import annotations
 
@@ -44,18 +48,21 @@ def percentile_interval(value: float, draws: list[float]) -> Interval:
 
 def sample_intervals(per_sample: dict, reference_mu: np.ndarray, reference_sigma: np.ndarray,
                      reference_pool: np.ndarray | None, point: dict, resamples: int,
-                     seed: int, subsets: int = 20) -> dict[str, Interval]:
+                     seed: int, subsets: int = 20,
+                     pr_distances: str = "float32") -> dict[str, Interval]:
     """Intervals for the metrics of one model's final evaluation.
 
     ``per_sample`` holds ``pool``, ``logits`` and, when a classifier scored them, ``predicted``
     and ``labels`` (the evaluation's features.npz); ``point`` maps each metric key ("fd",
-    "is", "precision", "recall", "class_accuracy") to the value the evaluation reported.
+    "is", "precision", "recall", "class_accuracy") to the value the evaluation reported;
+    ``pr_distances`` is the distances the evaluation's precision/recall took.
     """
     rng = np.random.default_rng([seed, 11])
     pool, count = per_sample["pool"], len(per_sample["pool"])
     draws = [rng.integers(0, count, count) for _ in range(resamples)]
     intervals = {"fd": percentile_interval(point["fd"], [
-        frechet_distance_to_features(reference_mu, reference_sigma, pool[d]) for d in draws])}
+        frechet_distance_to_features(reference_mu, reference_sigma, pool[d], "exact")
+        for d in draws])}
     if "logits" in per_sample and "is" in point:
         intervals["is"] = percentile_interval(point["is"], [
             inception_score(per_sample["logits"][d]) for d in draws])
@@ -65,9 +72,10 @@ def sample_intervals(per_sample: dict, reference_mu: np.ndarray, reference_sigma
             float(correct[d].mean()) for d in draws])
     if reference_pool is not None and "precision" in point:
         size = int(round(SUBSET_FRACTION * count))
-        radii = kth_neighbour_radii(reference_pool)
+        radii = kth_neighbour_radii(reference_pool, distances=pr_distances)
         pairs = [precision_recall(reference_pool, pool[rng.choice(count, size, replace=False)],
-                                  real_radii=radii) for _ in range(subsets)]
+                                  real_radii=radii, distances=pr_distances)
+                 for _ in range(subsets)]
         intervals["precision"] = percentile_interval(point["precision"], [p for p, _ in pairs])
         intervals["recall"] = percentile_interval(point["recall"], [r for _, r in pairs])
     return intervals
