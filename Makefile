@@ -15,7 +15,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 # image on 2 cores, most of it system time). Keep freed memory in the process instead.
 export GLIBC_TUNABLES := glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=1073741824
 
-.PHONY: setup test repro static bench mlflow-ui data-deps clean-venv
+.PHONY: setup test repro static bench ui ui-stop serve data-deps clean-venv
 
 setup: $(STAMP)
 
@@ -51,8 +51,18 @@ data-deps:
 		{ $$(test "$$(id -u)" = 0 || echo sudo) apt-get install -y dataset-fashion-mnist || \
 		  echo "could not install dataset-fashion-mnist; see README (Data)"; }
 
-mlflow-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
+# The MLflow and Prefect servers on 127.0.0.1 (MLFLOW_PORT, PREFECT_PORT); Ctrl-C stops both.
+ui: setup
+	BIN=$(BIN) infra/ui.sh start
+
+ui-stop:
+	BIN=$(BIN) infra/ui.sh stop
+
+# The scheduled deployment of the flow (CRON, default every night at 02:00), served from
+# this shell against the Prefect server of `make ui`.
+serve: setup
+	PREFECT_API_URL=$${PREFECT_API_URL:-$$(cat .ui/prefect_api_url 2>/dev/null)} \
+		$(BIN)/dice flow serve $(if $(CRON),--cron "$(CRON)")
 
 static: setup
 	$(BIN)/dvc repro static

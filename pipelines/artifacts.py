@@ -13,6 +13,8 @@ from prefect.artifacts import (create_link_artifact, create_markdown_artifact,
 from dice_core.config import Params, load_params
 from dice_core.durable import read_json
 
+from .stage_params import through_running_ui
+
 TABLES = {"table-1": ("table1.json", "Table 1: sample quality at the final evaluation"),
           "table-2": ("table2.json", "Table 2: parameters, multiply-adds, samples/s")}
 FIGURE = re.compile(r"!\[([^\]]*)\]\(([^)]+\.png)\)")
@@ -61,7 +63,7 @@ def publish_links(params: Params, root: Path) -> list[str]:
 
 def publish(root: Path) -> list[str]:
     """Every artifact the report and the runs allow; returns their keys."""
-    params = load_params(root / "params.yaml")
+    params = through_running_ui(load_params(root / "params.yaml"), root)
     report_dir = root / params.report.output
     keys = []
     for key, (name, title) in TABLES.items():

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -15,9 +17,28 @@ def add_params_argument(parser: argparse.ArgumentParser, section: str) -> None:
                         help=f"params.yaml to read the '{section}' section from")
 
 
+# Written by `make ui` (infra/ui.sh) while its MLflow server runs.
+UI_MLFLOW_URI = Path(".ui") / "mlflow_uri"
+
+
+def through_running_ui(params: Params, root: Path = Path(".")) -> Params:
+    """With tracking.uri null and `make ui` running, its MLflow server: the runs then go
+    through the server that shows them, not into the sqlite file beside it."""
+    state = root / UI_MLFLOW_URI
+    if params.tracking.uri is not None or not state.is_file():
+        return params
+    uri = state.read_text().strip()
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2):
+            pass
+    except OSError:
+        return params     # a server that has gone: mlflow.db, as without make ui
+    return params.model_copy(update={"tracking": params.tracking.model_copy(update={"uri": uri})})
+
+
 def stage_params(args: argparse.Namespace, section: str, flags: dict) -> tuple[Params, object]:
     """(all params, the section with every flag that is not None applied and re-validated)."""
-    params = load_params(args.params)
+    params = through_running_ui(load_params(args.params))
     current = getattr(params, section)
     given = {key: value for key, value in flags.items() if value is not None}
     try:

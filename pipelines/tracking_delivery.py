@@ -15,12 +15,14 @@ from dice_core.config import load_params
 from dice_core.durable import read_json
 from dice_core.tracking.delivery import deliver_journal, journals_with_records, parent_run_id
 
+from .stage_params import through_running_ui
+
 logger = logging.getLogger(__name__)
 
 
 def deliver_pending(root: Path, log: logging.Logger | logging.LoggerAdapter = logger) -> int:
     """Send every journal under the project's ``train.output``; returns the records sent."""
-    params = load_params(root / "params.yaml")
+    params = through_running_ui(load_params(root / "params.yaml"), root)
     runs_root = root / params.train.output
     sent = 0
     for state in journals_with_records(runs_root):

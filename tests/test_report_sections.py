@@ -120,3 +120,14 @@ def test_a_finished_stage_records_its_wall_time_and_a_failed_one_does_not(tmp_pa
     assert main(["prepare", "--params", str(tmp_path / "params.yaml")]) == 0
     (record,) = read_stage_times(tmp_path / "times.jsonl").values()
     assert record["stage"] == "prepare" and record["seconds"] >= 0
+
+
+def test_too_few_samples_for_precision_recall_subsets_leave_those_intervals_out():
+    import numpy as np
+    from dice_core.reporting.intervals import sample_intervals
+    rng = np.random.default_rng(0)
+    pool, reference = rng.standard_normal((4, 8)), rng.standard_normal((20, 8))
+    intervals = sample_intervals({"pool": pool}, reference.mean(0), np.cov(reference.T),
+                                 reference, {"fd": 1.0, "precision": 0.5, "recall": 0.5},
+                                 resamples=10, seed=0)
+    assert "fd" in intervals and "precision" not in intervals and "recall" not in intervals

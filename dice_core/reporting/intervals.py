@@ -22,6 +22,7 @@ from dice_core.metrics.adm import (frechet_distance_to_features, inception_score
                                    kth_neighbour_radii, precision_recall)
 
 SUBSET_FRACTION = 0.8
+K_NEIGHBOURS = 3        # precision/recall's k: a subset needs more samples than that
 LOWER_IS_BETTER = {"fd"}
 
 
@@ -70,8 +71,8 @@ def sample_intervals(per_sample: dict, reference_mu: np.ndarray, reference_sigma
         correct = per_sample["predicted"] == per_sample["labels"]
         intervals["class_accuracy"] = percentile_interval(point["class_accuracy"], [
             float(correct[d].mean()) for d in draws])
-    if reference_pool is not None and "precision" in point:
-        size = int(round(SUBSET_FRACTION * count))
+    size = int(round(SUBSET_FRACTION * count))
+    if reference_pool is not None and "precision" in point and size > K_NEIGHBOURS:
         radii = kth_neighbour_radii(reference_pool, distances=pr_distances)
         pairs = [precision_recall(reference_pool, pool[rng.choice(count, size, replace=False)],
                                   real_radii=radii, distances=pr_distances)
