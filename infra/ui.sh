@@ -83,7 +83,9 @@ start() {
         --backend-store-uri "sqlite:///$ROOT/mlflow.db" --artifacts-destination "$ROOT/mlartifacts" \
         --host "$HOST" --port "$MLFLOW_PORT" --workers 1 >"$STATE/mlflow.log" 2>&1 &
     echo $! >"$STATE/mlflow.pid"
+    # the UI's pages call the API at this address (Prefect's default is port 4200)
     PREFECT_HOME="${PREFECT_HOME:-$ROOT/.prefect}" PREFECT_SERVER_ANALYTICS_ENABLED=false \
+        PREFECT_SERVER_UI_API_URL="http://127.0.0.1:$PREFECT_PORT/api" \
         setsid "$BIN/prefect" server start --host "$HOST" --port "$PREFECT_PORT" \
         >"$STATE/prefect.log" 2>&1 &
     echo $! >"$STATE/prefect.pid"

@@ -14,14 +14,16 @@ their history).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from . import artifacts, dvc_stages
-from .settings import settled_params, update_params
-from .tracking_delivery import deliver_pending
+# absolute imports: Prefect loads this file by its path to run a deployment's flow runs
+from pipelines import artifacts, dvc_stages
+from pipelines.settings import settled_params, update_params
+from pipelines.tracking_delivery import deliver_pending
 
 DEFAULT_CRON = "0 2 * * *"      # every night at 02:00
 DEPLOYMENT = "dice-nightly"
@@ -73,7 +75,7 @@ def settings_layers(models: list[str] | None, overrides: list[str] | None) -> li
 def serve(cron: str, models: list[str] | None, profile: str | None,
           overrides: list[str] | None) -> None:
     """The scheduled deployment, served from this process until Ctrl-C."""
-    from .prefect_api import require_server
+    from pipelines.prefect_api import require_server
     require_server()
     dice_pipeline.serve(name=DEPLOYMENT, cron=cron,
                         parameters={"models": models, "profile": profile,
@@ -98,7 +100,9 @@ def run(args: argparse.Namespace) -> dict | None:
     settled_params("params.yaml", args.profile, settings_layers(args.models, args.overrides))
     if args.action == "serve":
         return serve(args.cron, args.models, args.profile, args.overrides)
-    return dice_pipeline(models=args.models, profile=args.profile, overrides=args.overrides)
+    summary = dice_pipeline(models=args.models, profile=args.profile, overrides=args.overrides)
+    print(json.dumps(summary))      # the last line: what ran, for scripts
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

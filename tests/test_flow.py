@@ -63,7 +63,7 @@ def api(prefect_api: str, path: str, body: dict | None = None) -> list[dict]:
 
 
 def flow_result(stdout: str) -> dict:
-    return json.loads(stdout[stdout.index("{"):])
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def dvc_status(folder: Path) -> dict:
@@ -71,13 +71,18 @@ def dvc_status(folder: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_the_flow_runs_every_stage_through_dvc_and_a_second_run_trains_nothing(
         tmp_path, prefect_server, mlflow_server):
     flow_project(tmp_path, mlflow_server.uri)
     first = run([sys.executable, "-m", "pipelines.flow"], tmp_path, prefect_server.api_url)
     stages = [s["stage"] for s in flow_result(first.stdout)["stages"]]
-    assert stages[:3] == ["prepare", "autoencoder", "encode"] and stages[-1] == "report"
-    assert {f"train@{m}" for m in MODELS} | {f"evaluate@{m}" for m in MODELS} <= set(stages)
+    expected = ["static", "prepare", "autoencoder", "encode", "reference", "classifier",
+                "report", *(f"{stage}@{m}" for stage in ("train", "evaluate") for m in MODELS)]
+    assert sorted(stages) == sorted(expected)
+    order = [stages.index(stage) for stage in ("prepare", "autoencoder", "encode",
+                                               "train@dice-t", "evaluate@dice-t", "report")]
+    assert order == sorted(order)       # each stage after what it depends on
 
     [flow_run] = api(prefect_server.api_url, "flow_runs/filter")
     assert flow_run["state_type"] == "COMPLETED"
@@ -95,7 +100,7 @@ def test_the_flow_runs_every_stage_through_dvc_and_a_second_run_trains_nothing(
                 if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(children) == set(MODELS)
     for child in children.values():
-        history = client.get_metric_history(child.info.run_id, "fd_effnet")
+        history = client.get_metric_history(child.info.run_id, "eval/fd_effnet")
         assert sorted(m.step for m in history) == [1, 2]
 
     second = flow_result(run([sys.executable, "-m", "pipelines.flow"], tmp_path,

@@ -174,6 +174,26 @@ def test_a_checkpoint_of_another_configuration_is_refused_naming_the_difference(
                                 model_overrides={"class_dropout_prob": 0.2}), "dit-t")
 
 
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_checkpoint_file_that_would_run_code_is_refused_at_resume(tmp_path, shards,
+                                                                    mlflow_server):
+    train_model(make_params(tmp_path, shards, mlflow_server.uri, steps=3), "dit-t")
+    store = CheckpointStore(tmp_path / "runs" / "dit-t")
+    states = store.folder / store.latest()["tag"] / "mp_rank_00_model_states.pt"
+    marker = tmp_path / "code-ran"
+    torch.save({"module": RunsCode(marker)}, states)
+    with pytest.raises(CheckpointMismatch, match="holds more than tensors and plain values"):
+        train_model(make_params(tmp_path, shards, mlflow_server.uri, steps=6), "dit-t")
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("train,message", [
     ({"global_batch": 10, "workers": 3, "backend": "ray"}, "does not split over 3 workers"),
     ({"micro_batch": 5}, "micro_batch = 5 does not divide the 16"),

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
@@ -100,6 +102,7 @@ class CheckpointStore:
                    "mixed with it." if any(p.startswith("data:") for p in problems) else "")
                 + "\nUse another train.output folder for this configuration, or delete "
                 f"{self.folder.parent} to start this one afresh (then dvc repro train).")
+        weights_only_loads(engine)
         loaded, _ = engine.load_checkpoint(str(self.folder), tag=latest["tag"],
                                            load_optimizer_states=True,
                                            load_lr_scheduler_states=False)
@@ -108,6 +111,25 @@ class CheckpointStore:
         ema.module.load_state_dict(load_file(str(folder / EMA_FILE)))
         ema.n_averaged.fill_(state["ema_updates"])
         return state
+
+
+def weights_only_loads(engine) -> None:
+    """Make DeepSpeed read its checkpoint files as tensors and plain containers only.
+
+    DeepSpeed loads them with ``weights_only=False``, so a run folder from an untrusted source
+    could run code at resume; its fp16 loss scaler is the one class of its own they hold."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+
+    def load(path, map_location=None):
+        try:
+            with torch.serialization.safe_globals([DynamicLossScaler, LossScaler]):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise CheckpointMismatch(
+                f"{path} holds more than tensors and plain values, so it is not loaded (it "
+                f"could run code): {str(error).splitlines()[0]}. Resume only from run folders "
+                "this pipeline wrote; delete this one to start afresh.") from None
+    engine.checkpoint_engine.load = load
 
 
 def ema_weights_path(run_dir: str | os.PathLike) -> Path | None:

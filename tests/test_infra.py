@@ -1,5 +1,6 @@
-"""`make ui` (infra/ui.sh): both servers on 127.0.0.1, their health endpoints, Ctrl-C stopping
-both, and a port in use refused with a message naming it."""
+"""infra/: `make ui` (infra/ui.sh) with both servers on 127.0.0.1, their health endpoints, Ctrl-C
+stopping both, a port in use refused with a message naming it; the rendered DeepSpeed
+examples."""
 import os
 import signal
 import socket
@@ -61,3 +62,10 @@ def test_a_port_in_use_stops_make_ui_with_the_port_and_the_variable_to_change(tm
         _, err = ui.communicate(timeout=60)
     assert ui.returncode == 1
     assert f"port {port} is in use" in err and "MLFLOW_PORT=<port> make ui" in err
+
+
+def test_the_rendered_deepspeed_examples_are_the_engines_own_configuration():
+    script = Path(__file__).resolve().parents[1] / "infra" / "render_deepspeed.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
