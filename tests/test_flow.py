@@ -175,3 +175,22 @@ def test_dice_profile_imagenet_writes_params_that_dvc_runs_as_the_whole_graph(tm
               *(f"{stage}@{model}" for stage in ("train", "evaluate")
                 for model in ("dice-xl", "dit-xl-2", "dimr-xl-2r"))]
     assert all(f"Running stage '{stage}'" in dry for stage in stages), dry
+
+
+def test_a_dvc_lock_held_for_a_process_that_is_not_dvc_is_named_with_the_files_to_remove(
+        tmp_path):
+    import logging
+    from pipelines.dvc_stages import StageFailed, reproduce
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  hello:\n    cmd: echo hi > out.txt\n    outs:\n      - out.txt\n")
+    run(["git", "init", "-q"], tmp_path)
+    run([str(BIN / "dvc"), "init", "-q"], tmp_path)
+    rwlock = tmp_path / ".dvc" / "tmp" / "rwlock"
+    # what a killed run leaves when its PID has since gone to another process (this one)
+    rwlock.write_text(json.dumps({"read": {}, "write": {
+        str(tmp_path / "out.txt"): {"pid": os.getpid(), "cmd": "dvc repro (killed)"}}}))
+    with pytest.raises(StageFailed, match=r"(?s)a killed run left it: remove .*rwlock"):
+        reproduce("hello", tmp_path, logging.getLogger("test"))
+    rwlock.unlink()
+    assert reproduce("hello", tmp_path, logging.getLogger("test"))["ran"]
+    assert (tmp_path / "out.txt").read_text().strip() == "hi"

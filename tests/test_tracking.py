@@ -1,4 +1,4 @@
-"""RunTracker against a real MLflow server (tests/mlflow_server.py), also one that goes away."""
+"""RunTracker against a real MLflow server (tests/servers.py), also one that goes away."""
 import json
 import socket
 import time
@@ -242,3 +242,32 @@ def test_trackers_made_or_closed_while_the_server_is_down(mlflow_server, tmp_pat
     assert client.get_run(closing.run_id).info.status == "FINISHED"
     assert history(client, late.run_id) == [(0, 0.0), (1, 1.0)]
     assert client.get_run(late.run_id).data.params == {"lr": "0.0001"}
+
+
+def test_dice_deliver_sends_what_a_run_journalled_while_the_server_was_down(mlflow_server,
+                                                                            tmp_path):
+    import yaml
+    from pathlib import Path
+    from pipelines.tracking_delivery import deliver_pending
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["train"]["output"] = "runs"
+    params["tracking"].update(uri=mlflow_server.uri, experiment=tmp_path.name)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    state_dir = tmp_path / "runs" / "dit-t" / "tracking"
+    mlflow_server.stop()
+    tracker = RunTracker(mlflow_server.uri, tmp_path.name, state_dir, run_name="dit-t",
+                         retry_seconds=3600)
+    tracker.log_metrics({"loss": 0.5}, step=1)
+    tracker.log_metrics({"loss": 0.25}, step=2)
+    tracker.close()
+    (state_dir.parent / "summary.json").write_text(json.dumps({"status": "FINISHED"}))
+    assert len(pending(state_dir)) == 2
+
+    assert deliver_pending(tmp_path) == 0           # still down: kept for the next delivery
+    mlflow_server.start()
+    assert deliver_pending(tmp_path) == 2
+    assert pending(state_dir) == []
+    client = MlflowClient(mlflow_server.uri)
+    run_id = json.loads((state_dir / "run.json").read_text())["run_id"]
+    assert history(client, run_id) == [(1, 0.5), (2, 0.25)]
+    assert client.get_run(run_id).info.status == "FINISHED"
