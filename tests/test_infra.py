@@ -30,7 +30,9 @@ def healthy(url: str) -> bool:
 
 
 @pytest.mark.slow
-def test_make_ui_brings_both_servers_up_and_ctrl_c_stops_both(tmp_path):
+def test_make_ui_brings_both_servers_up_and_a_stop_signal_stops_both(tmp_path):
+    # SIGTERM takes the same trap as Ctrl-C's SIGINT; SIGINT itself cannot be sent here: a
+    # shell started in the background (as CI starts `make test`) ignores it for good
     mlflow_port, prefect_port = free_port(), free_port()
     ui = start_ui(tmp_path, mlflow_port, prefect_port)
     try:
@@ -44,7 +46,7 @@ def test_make_ui_brings_both_servers_up_and_ctrl_c_stops_both(tmp_path):
         assert healthy(f"http://127.0.0.1:{prefect_port}/api/health")
         assert (tmp_path / ".ui" / "mlflow_uri").read_text().strip() == \
             f"http://127.0.0.1:{mlflow_port}"
-        ui.send_signal(signal.SIGINT)
+        ui.send_signal(signal.SIGTERM)
         assert ui.wait(timeout=60) == 0
     finally:
         if ui.poll() is None:
