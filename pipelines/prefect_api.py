@@ -1,7 +1,7 @@
 """Which Prefect server the flow talks to, and a clear stop when there is none."""
 from __future__ import annotations
 
-import urllib.request
+from .health import health_problem
 
 
 def api_url() -> str | None:
@@ -15,12 +15,9 @@ def require_server(timeout: float = 5.0) -> str:
     if not url:
         raise ValueError("no Prefect server configured: start one (make ui) and set "
                          "PREFECT_API_URL=http://127.0.0.1:<port>/api (make ui prints it)")
-    try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as response:
-            if response.status == 200:
-                return url
-    except OSError as error:
-        raise ValueError(f"the Prefect server at {url} does not answer ({error}): start it "
+    problem = health_problem(f"{url.rstrip('/')}/health", timeout)
+    if problem:
+        raise ValueError(f"the Prefect server at {url} does not answer ({problem}): start it "
                          "(make ui, or prefect server start) or point PREFECT_API_URL at "
-                         "one that runs") from None
-    raise ValueError(f"the Prefect server at {url} is not healthy: see its log")
+                         "one that runs")
+    return url

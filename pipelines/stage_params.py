@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from dice_core.config import DEFAULT_PARAMS, Params, ParamsError, load_params
+
+from .health import health_problem
 
 
 def add_params_argument(parser: argparse.ArgumentParser, section: str) -> None:
@@ -28,10 +29,7 @@ def through_running_ui(params: Params, root: Path = Path(".")) -> Params:
     if params.tracking.uri is not None or not state.is_file():
         return params
     uri = state.read_text().strip()
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2):
-            pass
-    except OSError:
+    if health_problem(f"{uri}/health"):
         return params     # a server that has gone: mlflow.db, as without make ui
     return params.model_copy(update={"tracking": params.tracking.model_copy(update={"uri": uri})})
 
