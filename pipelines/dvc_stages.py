@@ -18,16 +18,23 @@ class StageFailed(RuntimeError):
     pass
 
 
-def stage_order(root: Path) -> list[str]:
-    """Every stage (matrix items expanded, ``train@dice-t``), each after what it depends on;
-    among stages free to go, the order of dvc.yaml."""
+def stage_plan(root: Path) -> list[tuple[str, bool]]:
+    """Every stage (matrix items expanded, ``train@dice-t``), each after what it depends on
+    (among stages free to go, the order of dvc.yaml), with whether it must run: ``dvc status``
+    lists it, or it depends on a stage that must run (whose new outputs would change it). The
+    others are up to date, and starting DVC once per stage to hear so costs seconds each."""
     import networkx as nx
     from dvc.repo import Repo
     with Repo(str(root)) as repo:
         graph = repo.index.graph.reverse()        # edges from a stage to its dependents
         position = {stage: i for i, stage in enumerate(repo.index.stages)}
-        ordered = nx.lexicographical_topological_sort(graph, key=lambda s: position[s])
-        return [stage.addressing for stage in ordered]
+        ordered = list(nx.lexicographical_topological_sort(graph, key=lambda s: position[s]))
+        changed = set(repo.status())
+    stale: set = set()
+    for stage in ordered:
+        if stage.addressing in changed or any(up in stale for up in graph.predecessors(stage)):
+            stale.add(stage)
+    return [(stage.addressing, stage in stale) for stage in ordered]
 
 
 def lock_entry(root: Path, stage: str) -> dict | None:

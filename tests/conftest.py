@@ -13,6 +13,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Stage commands run by the tests record their times here, not in the project's results/.
 os.environ.setdefault("DICE_STAGE_TIMES", os.path.join(tempfile.mkdtemp(), "stage_times.jsonl"))
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets its share of the cores, for its own torch and for
+    the stages it starts: OpenMP threads that outnumber the cores spin against each other, and
+    a 2 s test then took 48 s."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        torch.set_num_threads(int(threads))
+
+
+def pytest_collection_modifyitems(items):
+    """Files with the most slow tests first, so that xdist's workers (one file each at a time)
+    do not end with one of them still on a long file."""
+    slow = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.path])
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -98,29 +98,8 @@ def test_a_stage_killed_with_sigkill_and_rerun_gives_complete_correct_shards(tmp
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_prepare_and_encode_and_only_what_a_parameter_touches(tmp_path):
-    params = scratch_project(tmp_path, resolution=16)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-
-    run(["git", "init", "-q"], cwd=tmp_path)
-    run(["dvc", "init", "-q"], cwd=tmp_path)
-    first = run(["dvc", "repro", "encode"], cwd=tmp_path).stdout
-    assert "Running stage 'prepare'" in first and "Running stage 'encode'" in first
-    assert "Running stage 'autoencoder'" in first     # the latents are the autoencoder's
-    assert "static" not in first
-    manifest = read_manifest(tmp_path / "data" / "latents")
-    assert manifest["splits"]["train"]["count"] == 8
-    assert "didn't change" in run(["dvc", "repro", "encode"], cwd=tmp_path).stdout
-
-    params["encode"]["storage_dtype"] = "float16"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    second = run(["dvc", "repro", "encode"], cwd=tmp_path).stdout
-    assert "Running stage 'prepare'" not in second and "Running stage 'encode'" in second
-    assert read_manifest(tmp_path / "data" / "latents")["storage_dtype"] == "float16"
-
-
-@pytest.mark.slow
-def test_dvc_repro_trains_the_matrix_and_a_longer_run_resumes(tmp_path):
+def test_dvc_repro_runs_what_a_parameter_touches_trains_the_matrix_and_a_longer_run_resumes(
+        tmp_path):
     params = scratch_project(tmp_path, resolution=8)
     params["train"].update(models=["dit-t"], steps=2, global_batch=4, log_every=1,
                            ckpt_every=2, eval_every=2, loader_workers=0, device="cpu")
@@ -128,21 +107,34 @@ def test_dvc_repro_trains_the_matrix_and_a_longer_run_resumes(tmp_path):
     env = child_process_env()   # not the rank and port of an engine in this test process
     env.setdefault("TORCH_EXTENSIONS_DIR", str(PROJECT / ".cache" / "torch_extensions"))
 
-    def repro():
-        return subprocess.run(["dvc", "repro", "train"], cwd=tmp_path, check=True, text=True,
+    def repro(stage):
+        return subprocess.run(["dvc", "repro", stage], cwd=tmp_path, check=True, text=True,
                               capture_output=True,
                               env={**env, "PATH": f"{BIN}{os.pathsep}{env['PATH']}"}).stdout
 
     run(["git", "init", "-q"], cwd=tmp_path)
     run(["dvc", "init", "-q"], cwd=tmp_path)
-    first = repro()
-    assert "Running stage 'train@dit-t'" in first
+    first = repro("encode")
+    assert "Running stage 'prepare'" in first and "Running stage 'encode'" in first
+    assert "Running stage 'autoencoder'" in first     # the latents are the autoencoder's
+    assert "static" not in first and "Running stage 'train" not in first
+    assert read_manifest(tmp_path / "data" / "latents")["splits"]["train"]["count"] == 8
+    assert "didn't change" in repro("encode")
+
+    params["encode"]["storage_dtype"] = "float16"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    second = repro("encode")
+    assert "Running stage 'prepare'" not in second and "Running stage 'encode'" in second
+    assert read_manifest(tmp_path / "data" / "latents")["storage_dtype"] == "float16"
+
+    trained = repro("train")
+    assert "Running stage 'encode'" not in trained and "Running stage 'train@dit-t'" in trained
     summary = json.loads((tmp_path / "runs" / "dit-t" / "summary.json").read_text())
     assert summary["status"] == "FINISHED" and summary["steps"] == 2
 
     params["train"]["steps"] = 4
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    second = repro()
-    assert "Running stage 'prepare'" not in second and "Running stage 'train@dit-t'" in second
+    longer = repro("train")
+    assert "Running stage 'prepare'" not in longer and "Running stage 'train@dit-t'" in longer
     hashes = (tmp_path / "runs" / "dit-t" / "input_hashes.rank0.txt").read_text().splitlines()
     assert [line.split()[0] for line in hashes] == ["0", "1", "2", "3"]   # resumed, not redone

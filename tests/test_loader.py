@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dice_core.data import (DataError, LatentShards, Shapes, VAEEncoder, encode_dataset,
-                            make_loader, prepare_dataset, read_manifest)
+                            make_loader, prepare_dataset, read_manifest, read_shard)
 
 from helpers import save_tiny_vae
 
@@ -95,6 +95,21 @@ def test_epochs_follow_each_other_with_a_new_order(latents):
     epochs = [[k for b in batches[i:i + 6] for k in b.keys] for i in (0, 6)]
     assert sorted(epochs[0]) == sorted(epochs[1]) and len(set(epochs[0])) == 48
     assert epochs[0] != epochs[1]
+
+
+# 8 shards over 3 epochs: kept after the first, or read again in each (where an epoch begins
+# with the shard the last one ended on, the shard in hand serves)
+@pytest.mark.parametrize("budget, reads", [(2**30, {8}), (0, {22, 23, 24})])
+def test_shards_that_fit_are_read_once_and_the_batches_stay_the_same(latents, monkeypatch,
+                                                                     budget, reads):
+    import dice_core.data.loader as loader
+    expected = take(make_loader(latents, batch_size=4, seed=1), 36)   # 3 epochs of 48
+    opened = []
+    monkeypatch.setattr(loader, "SHARD_CACHE_BYTES", budget)
+    monkeypatch.setattr(loader, "read_shard",
+                        lambda path, record: opened.append(path) or read_shard(path, record))
+    assert same_batches(take(make_loader(latents, batch_size=4, seed=1), 36), expected)
+    assert len(opened) in reads
 
 
 def test_too_many_lanes_for_the_shards_is_refused(latents):

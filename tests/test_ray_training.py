@@ -74,10 +74,12 @@ def test_two_workers_train_checkpoint_and_report_to_ray_storage(first_run):
 
 @pytest.mark.slow
 def test_a_rerun_resumes_from_ray_storage_when_the_run_folder_lost_its_checkpoints(
-        first_run, latents):
+        first_run, latents, ray_cluster):
     output, _, (rank0_before, rank1_before) = first_run
     shutil.rmtree(output / MODEL / "checkpoints")
-    summary = train_with_ray(ray_params(latents, output, steps=6), MODEL, None)
+    # on the started cluster: a second local one would cost its start-up again
+    summary = train_with_ray(ray_params(latents, output, steps=6, ray_address=ray_cluster),
+                             MODEL, None)
     assert summary["status"] == "FINISHED" and summary["steps"] == 6
     rank0, rank1 = hash_lines(output, 0), hash_lines(output, 1)
     assert [int(line.split()[0]) for line in rank0] == [0, 1, 2, 3, 4, 5]

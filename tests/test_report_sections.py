@@ -8,7 +8,8 @@ import pytest
 
 from dice_core.config import load_params
 from dice_core.metrics.adm import frechet_distance_to_features, inception_score, statistics
-from dice_core.reporting.intervals import Interval, rank, sample_intervals, verdict
+from dice_core.reporting.intervals import (Interval, rank, resampled_fds, sample_intervals,
+                                           verdict)
 from dice_core.reporting.sections import (protocol_notes, ranking_section, read_stage_times,
                                           stage_times_section)
 
@@ -63,6 +64,20 @@ def test_a_model_clearly_closer_to_the_data_ranks_first_and_the_claim_holds(thre
     accuracy = {m: iv["class_accuracy"] for m, iv in three_models.items()}
     assert verdict(accuracy, "class_accuracy", "dice-t") == "holds"
     assert verdict(accuracy, "class_accuracy", "dit-t") == "does not hold"
+
+
+def test_resampled_fds_from_the_shared_products_equal_the_exact_route_draw_by_draw():
+    rng = np.random.default_rng(3)
+    reference = rng.normal(size=(300, 90)) @ rng.normal(size=(90, 90))
+    mu, sigma = statistics(reference)
+    pool = rng.normal(size=(60, 90)) * 2 + 1       # fewer samples than dimensions
+    draws = [rng.integers(0, 60, 60) for _ in range(5)] + [np.arange(60)]
+    expected = [frechet_distance_to_features(mu, sigma, pool[d], "exact") for d in draws]
+    np.testing.assert_allclose(resampled_fds(mu, sigma, pool, draws), expected, rtol=1e-9)
+    wide = rng.normal(size=(120, 90))               # more samples than dimensions: ADM's route
+    np.testing.assert_allclose(resampled_fds(mu, sigma, wide, draws[:2]),
+                               [frechet_distance_to_features(mu, sigma, wide[d], "exact")
+                                for d in draws[:2]], rtol=1e-12)
 
 
 def test_overlapping_intervals_cannot_be_told_apart():

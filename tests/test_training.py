@@ -80,6 +80,7 @@ def test_every_model_sees_byte_identical_inputs_at_every_step(tmp_path, shards, 
     assert len({line.split()[2] for line in lines}) == 6   # and every batch is a new one
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_to_the_same_weights_and_loss_curve(
         tmp_path, shards, mlflow_server):
     settings = dict(steps=40, ckpt_every=8)
