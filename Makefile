@@ -40,7 +40,7 @@ test: setup
 # The whole experiment: prepare, autoencoder, encode, reference, classifier, train@*,
 # evaluate@*, static, report, resuming or skipping what is already done.
 repro: setup data-deps
-	@start=$$(date +%s); $(BIN)/dvc repro && $(BIN)/dice deliver && \
+	@start=$$(date +%s); $(BIN)/dvc repro && $(BIN)/dice tracking flush && \
 	report=$$($(BIN)/python -c "from dice_core.config import load_params; print(load_params().report.output)") && \
 	echo "make repro: finished in $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s; the report is $$report/report.md"
 

@@ -26,7 +26,8 @@ STAGES = [(static, "parameters, multiply-adds, samples/s"),
           (evaluate, "samples and ADM metrics of a trained model"),
           (report, "the paper's tables and figures for the trained models")]
 COMMANDS = [(flow, "flow", "every stage as a Prefect flow run, or its scheduled deployment"),
-            (tracking_delivery, "deliver", "send MLflow records journalled while it was down")]
+            (tracking_delivery, "tracking", "flush: send MLflow records journalled while it "
+                                                 "was down")]
 
 
 def list_command(args: argparse.Namespace) -> None:

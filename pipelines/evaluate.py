@@ -35,10 +35,13 @@ def run(args: argparse.Namespace) -> dict:
     params, config = stage_params(args, "evaluate", {
         "samples": args.samples, "sampler": args.sampler, "steps": args.steps,
         "feature_network": args.feature_network, "output": args.output})
-    weights = args.checkpoint or ema_weights_path(Path(params.train.output) / args.model)
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise ValueError(f"--checkpoint {args.checkpoint}: no such file")
+    run_dir = Path(params.train.output) / args.model
+    weights = args.checkpoint or ema_weights_path(run_dir)
     if weights is None or not Path(weights).is_file():
-        raise ValueError(f"no EMA weights for {args.model}: train it first (dice train --model "
-                         f"{args.model}) or pass --checkpoint FILE")
+        raise ValueError(f"no EMA weights for {args.model} in {run_dir}: train it first (dice "
+                         f"train --model {args.model}) or pass --checkpoint FILE")
     model = load_model(weights, pick_device(config.device)).eval()
     out_dir = Path(config.output) / args.model
     manifest = read_latent_manifest(params.train.data)

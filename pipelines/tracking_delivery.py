@@ -1,4 +1,4 @@
-"""Deliver step (``dice deliver``, the flow's last task, the end of ``make repro``): MLflow
+"""``dice tracking flush`` (also the flow's last task, and the end of ``make repro``): MLflow
 records that runs journalled while the server was down, sent now.
 
 It runs outside the DVC stages, so that DVC stays up to date; a server still down leaves the
@@ -35,25 +35,27 @@ def deliver_pending(root: Path, log: logging.Logger | logging.LoggerAdapter = lo
         log.info("%s: sent %d journalled MLflow records, %d still pending", state.parent.name,
                  done, left)
         if left:
-            log.warning("MLflow at %s did not take them all; run `dice deliver` when it is "
+            log.warning("MLflow at %s did not take them all; run `dice tracking flush` when it is "
                         "back", params.tracking.uri or "./mlflow.db")
     return sent
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["flush"],
+                        help="flush: send what the runs journalled while MLflow was down")
     parser.add_argument("--project", default=".", help="the project root (params.yaml)")
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sent = deliver_pending(Path(args.project))
-    print(f"deliver: {sent} journalled MLflow records sent")
+    print(f"tracking flush: {sent} journalled MLflow records sent")
     return sent
 
 
 def main(argv: list[str] | None = None) -> int:
     from pipelines.cli import main as dice_main
-    return dice_main(["deliver", *(sys.argv[1:] if argv is None else argv)])
+    return dice_main(["tracking", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

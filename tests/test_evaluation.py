@@ -9,7 +9,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from dice_core.config import Params
-from dice_core.data import read_manifest
+from dice_core.data import read_manifest, seal_manifest
 from dice_core.data.encoders import decoder_for
 from dice_core.evaluation.evaluate import build_reference, evaluate_model
 from dice_core.evaluation.sampling import sample_images
@@ -105,7 +105,7 @@ def imagenet_latents(tmp_path, data):
     shutil.copytree(data / "latents", latents)
     manifest = json.loads((latents / "manifest.json").read_text())
     manifest["source"] = {**manifest["source"], "name": "imagenet"}
-    (latents / "manifest.json").write_text(json.dumps(manifest))
+    (latents / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
     return latents
 
 
@@ -197,6 +197,15 @@ def test_evaluate_without_a_trained_model_says_what_to_do(tmp_path, data, capsys
     params_file.write_text(yaml.safe_dump(eval_params(tmp_path, data, None)))
     assert dice_main(["evaluate", "--params", str(params_file), "--model", "dice-t"]) == 2
     assert "train it first" in capsys.readouterr().err
+    missing = tmp_path / "nowhere.safetensors"
+    assert dice_main(["evaluate", "--params", str(params_file), "--model", "dice-t",
+                      "--checkpoint", str(missing)]) == 2
+    assert f"--checkpoint {missing}: no such file" in capsys.readouterr().err
+    damaged = random_model(tmp_path)
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    assert dice_main(["evaluate", "--params", str(params_file), "--model", "dit-t",
+                      "--checkpoint", str(damaged)]) == 2
+    assert f"{damaged} is not a readable safetensors file" in capsys.readouterr().err
 
 
 def test_weights_trained_on_other_latents_are_refused_naming_the_stage(tmp_path, data,

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dice_core.data import (DataError, LatentShards, Shapes, VAEEncoder, encode_dataset,
-                            make_loader, prepare_dataset, read_manifest, read_shard)
+                            make_loader, prepare_dataset, read_manifest, read_shard,
+                            seal_manifest)
 
 from helpers import save_tiny_vae
 
@@ -110,6 +111,38 @@ def test_shards_that_fit_are_read_once_and_the_batches_stay_the_same(latents, mo
                         lambda path, record: opened.append(path) or read_shard(path, record))
     assert same_batches(take(make_loader(latents, batch_size=4, seed=1), 36), expected)
     assert len(opened) in reads
+
+
+def edited_copy(latents, folder, edit, seal=False):
+    import json
+    import shutil
+    shutil.copytree(latents, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    edit(manifest)
+    (folder / "manifest.json").write_text(json.dumps(seal_manifest(manifest) if seal
+                                                     else manifest))
+    return folder
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(num_classes=3),                      # 4 classes written
+    lambda m: m["shards"].pop(),                            # a shard's record deleted
+    lambda m: m.update(latent_shape=[4, 16, 16])])          # 4x8x8 written
+def test_a_manifest_edited_after_its_stage_wrote_it_is_refused_naming_the_stage(
+        latents, tmp_path, edit):
+    edited = edited_copy(latents, tmp_path / "edited", edit)
+    with pytest.raises(DataError, match=r"manifest.json is not as `dvc repro encode` wrote it"):
+        make_loader(edited, batch_size=4, seed=0)
+
+
+def test_a_label_outside_the_manifests_classes_stops_the_loader_naming_the_shard(latents,
+                                                                                 tmp_path):
+    # what a writer that miscounted would leave: a sealed manifest of 3 classes, labels 0-3
+    edited = edited_copy(latents, tmp_path / "edited", lambda m: m.update(num_classes=3),
+                         seal=True)
+    with pytest.raises(DataError, match=r"shard-\d+\.tar holds label 3, outside the "
+                                        r"manifest's 3 classes"):
+        take(make_loader(edited, batch_size=48, seed=0), 1)
 
 
 def test_too_many_lanes_for_the_shards_is_refused(latents):

@@ -244,10 +244,11 @@ def test_trackers_made_or_closed_while_the_server_is_down(mlflow_server, tmp_pat
     assert client.get_run(late.run_id).data.params == {"lr": "0.0001"}
 
 
-def test_dice_deliver_sends_what_a_run_journalled_while_the_server_was_down(mlflow_server,
-                                                                            tmp_path):
+def test_dice_tracking_flush_sends_what_a_run_journalled_while_the_server_was_down(
+        mlflow_server, tmp_path, capsys):
     import yaml
     from pathlib import Path
+    from pipelines.cli import main as dice_main
     from pipelines.tracking_delivery import deliver_pending
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     params["train"]["output"] = "runs"
@@ -265,7 +266,8 @@ def test_dice_deliver_sends_what_a_run_journalled_while_the_server_was_down(mlfl
 
     assert deliver_pending(tmp_path) == 0           # still down: kept for the next delivery
     mlflow_server.start()
-    assert deliver_pending(tmp_path) == 2
+    assert dice_main(["tracking", "flush", "--project", str(tmp_path)]) == 0
+    assert "tracking flush: 2 journalled MLflow records sent" in capsys.readouterr().out
     assert pending(state_dir) == []
     client = MlflowClient(mlflow_server.uri)
     run_id = json.loads((state_dir / "run.json").read_text())["run_id"]

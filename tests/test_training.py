@@ -1,6 +1,7 @@
 """The training engine on CPU: the real DeepSpeed engine, a real MLflow server, tiny presets on
 tiny shards made here."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -122,6 +123,9 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights_and_loss_curve(
     resumed = loss_history(mlflow_server.uri, json.loads(run_id)["run_id"])
     expected = loss_history(mlflow_server.uri, reference["run_id"])
     assert resumed == expected and sorted(resumed) == list(range(1, 41))
+    points = MlflowClient(mlflow_server.uri).get_metric_history(json.loads(run_id)["run_id"],
+                                                                "train/loss")
+    assert len(points) == 40        # the replayed steps are not logged a second time
     assert (run_dir / "input_hashes.rank0.txt").read_text() == \
         (reference_dir / "input_hashes.rank0.txt").read_text()
 
@@ -157,22 +161,82 @@ def test_k_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpo
     params = make_params(tmp_path, shards, mlflow_server.uri, steps=12, ckpt_every=4,
                          max_nonfinite_steps=3)
     with pytest.raises(NonFiniteLoss, match=r"3 optimiser steps in a row.*step 7.*checkpoint"):
-        train_model(params, "dit-t")
+        train_models(params, ["dit-t"])
     run_dir = tmp_path / "runs" / "dit-t"
     assert CheckpointStore(run_dir).latest()["step"] == 4
     assert all(torch.isfinite(w).all() for w in engine_weights(run_dir).values())
+    client = MlflowClient(mlflow_server.uri)
+    parent = json.loads((tmp_path / "runs" / "pipeline" / "tracking" / "run.json").read_text())
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "FAILED"
+    assert client.get_run(parent["run_id"]).info.status == "FAILED"
+
+    monkeypatch.undo()                  # the data is sound again: the resumed run finishes
+    train_models(params, ["dit-t"])
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "FINISHED"
+    assert client.get_run(parent["run_id"]).info.status == "FINISHED"
 
 
 def test_a_checkpoint_of_another_configuration_is_refused_naming_the_difference(
         tmp_path, shards, mlflow_server):
     train_model(make_params(tmp_path, shards, mlflow_server.uri, steps=3), "dit-t")
+    record = tmp_path / "runs" / "dit-t" / "deepspeed_config.json"
+    written = record.read_text()
     with pytest.raises(CheckpointMismatch, match=r"global_batch: checkpoint has 16, this run "
                                                  r"has 32"):
         train_model(make_params(tmp_path, shards, mlflow_server.uri, steps=6, global_batch=32),
                     "dit-t")
-    with pytest.raises(CheckpointMismatch, match=r"model_config: .*class_dropout_prob"):
+    assert record.read_text() == written      # the refused run's batch of 32 is not recorded
+    with pytest.raises(CheckpointMismatch) as refusal:
         train_model(make_params(tmp_path, shards, mlflow_server.uri, steps=6,
                                 model_overrides={"class_dropout_prob": 0.2}), "dit-t")
+    # the key that differs, not the whole model config
+    assert "model_config.class_dropout_prob: checkpoint has 0.1, this run has 0.2" in \
+        str(refusal.value) and "hidden_size" not in str(refusal.value)
+    # the builder's default set explicitly is the same model: the run resumes
+    summary = train_model(make_params(tmp_path, shards, mlflow_server.uri, steps=6,
+                                      model_overrides={"class_dropout_prob": 0.1}), "dit-t")
+    assert summary["status"] == "FINISHED" and summary["steps"] == 6
+
+
+def test_more_loader_lanes_than_shards_are_refused_before_the_engine_or_mlflow_start(
+        tmp_path, shards):
+    from dice_core.data import DataError
+    params = make_params(tmp_path, shards, f"sqlite:///{tmp_path / 'mlflow.db'}",
+                         loader_workers=16)
+    with pytest.raises(DataError, match="8 'train' shards cannot feed 1 ranks x 16 loader"):
+        train_model(params, "dit-t")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+HOLD_LOCK = """
+import sys, time
+from dice_core.training.run_lock import RunFolderLock
+lock = RunFolderLock(sys.argv[1]).__enter__()
+print("held", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_second_process_on_a_run_folder_in_use_is_refused_with_the_pid_of_the_first(
+        tmp_path, shards):
+    from dice_core.training import RunFolderInUse
+    from dice_core.training.run_lock import RunFolderLock
+    run_dir = tmp_path / "runs" / "dit-t"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], cwd=PROJECT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        params = make_params(tmp_path, shards, f"sqlite:///{tmp_path / 'mlflow.db'}")
+        with pytest.raises(RunFolderInUse, match=f"in use by another training process "
+                                                 f"\\(PID {holder.pid}\\)"):
+            train_model(params, "dit-t")
+        assert not (run_dir / "deepspeed_config.json").exists()
+        assert not (tmp_path / "mlflow.db").exists()
+    finally:
+        holder.kill()                  # as SIGKILL leaves it: the lock goes with its process
+        holder.wait()
+    with RunFolderLock(run_dir):
+        assert (run_dir / ".lock").read_text().strip() == str(os.getpid())
 
 
 class RunsCode:

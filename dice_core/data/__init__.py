@@ -5,11 +5,11 @@ from .encoders import PixelEncoder, VAEEncoder, load_encoder
 from .errors import DataError
 from .fashion_mnist import FashionMNIST
 from .imagenet import ImageNetFolder
-from .loader import LatentBatch, LatentShards, make_loader, read_latent_manifest
+from .loader import LatentBatch, LatentShards, check_lanes, make_loader, read_latent_manifest
 from .prepare import prepare_dataset
 from .preprocess import center_crop_resize
 from .shapes import Shapes
-from .shards import read_manifest, read_shard
+from .shards import read_manifest, read_shard, seal_manifest
 from .sources import SOURCE_NAMES, open_source
 
 __all__ = [
@@ -28,11 +28,13 @@ __all__ = [
     "decode_image",
     "encode_dataset",
     "load_encoder",
+    "check_lanes",
     "make_loader",
     "open_source",
     "prepare_dataset",
     "read_latent_manifest",
     "read_manifest",
     "read_shard",
+    "seal_manifest",
     "try_decode",
 ]

@@ -102,6 +102,7 @@ class LatentShards(IterableDataset):
         self.scale = float(manifest["scale_factor"])
         self.stochastic = bool(manifest["stochastic"])
         self.latent_shape = tuple(manifest["latent_shape"])
+        self.num_classes = int(manifest["num_classes"])
 
     def lane_shards(self, epoch: int, lane: int) -> list[int]:
         """Indices (into this split's shards) that ``lane`` reads in ``epoch``, in order."""
@@ -155,6 +156,12 @@ class LatentShards(IterableDataset):
         samples = read_shard(self.folder / record["name"], record)
         keys = [key for key, _, _ in samples]
         labels = np.array([label for _, label, _ in samples], dtype=np.int64)
+        outside = labels[(labels < 0) | (labels >= self.num_classes)]
+        if outside.size:
+            raise DataError(f"shard {self.folder / record['name']} holds label {outside[0]}, "
+                            f"outside the manifest's {self.num_classes} classes (the last one "
+                            "would be taken for the classifier-free null label); run `dvc "
+                            "repro encode` to write the shard set again")
         moments = np.stack([arrays["moments"] for _, _, arrays in samples])
         return keys, labels, moments
 
@@ -181,6 +188,14 @@ def in_index_order(batches, start: int) -> Iterator[LatentBatch]:
         while waiting and waiting[0][0] == expected:
             yield heapq.heappop(waiting)[2]
             expected += 1
+
+
+def check_lanes(folder: str | Path, world_size: int, num_workers: int,
+                split: str = "train") -> None:
+    """Refuses a layout with more (rank, loader worker) lanes than ``split`` has shards, as the
+    loader would, without reading any shard."""
+    LatentShards(folder, batch_size=1, seed=0, split=split, world_size=world_size,
+                 num_workers=num_workers)
 
 
 def make_loader(folder: str | Path, *, batch_size: int, seed: int, split: str = "train",

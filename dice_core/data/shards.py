@@ -27,6 +27,7 @@ from .errors import DataError
 
 SHARD_NAME = "shard-{:06d}.tar"
 MANIFEST = "manifest.json"
+SEAL = "manifest_sha256"        # the checksum of the rest of the manifest
 JOURNAL = "journal.jsonl"
 
 
@@ -113,8 +114,17 @@ def read_shard(path: str | os.PathLike,
     return samples
 
 
+def seal_manifest(manifest: dict) -> dict:
+    """``manifest`` (as JSON reads it back) with the checksum of all the rest of it, which
+    ``read_manifest`` checks: an edit by hand (a class count, a shard's record, the latent
+    shape) is refused instead of misleading the stages that read it."""
+    body = json.loads(json.dumps({k: v for k, v in manifest.items() if k != SEAL}))
+    return {**body, SEAL: sha256_of(json.dumps(body, sort_keys=True).encode())}
+
+
 def read_manifest(folder: str | os.PathLike, check_files: bool = True) -> dict:
-    """Loads ``manifest.json`` and checks that every shard it lists exists with its size."""
+    """Loads ``manifest.json`` and checks that every shard it lists exists with its size, and
+    that the manifest is as the stage wrote it."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
@@ -135,6 +145,12 @@ def read_manifest(folder: str | os.PathLike, check_files: bool = True) -> dict:
                 raise DataError(f"{path} does not match its shards: {record['name']} is {found}, "
                                 f"the manifest says {record['size']} bytes; re-run the stage "
                                 "that wrote it (`dvc repro`)")
+    if manifest.get(SEAL) != seal_manifest(manifest)[SEAL]:
+        stage = "encode" if "encoder" in manifest else "prepare"
+        raise DataError(f"{path} is not as `dvc repro {stage}` wrote it (edited since, or written "
+                        "by an older version of this pipeline): its checksum does not match its "
+                        f"content, so it may misdescribe its shards. Run `dvc repro {stage}` to "
+                        "write the shard set again.")
     return manifest
 
 
@@ -224,5 +240,6 @@ class ShardSetBuilder:
         params_hash = sha256_of(json.dumps(self.fingerprint, sort_keys=True).encode())
         manifest = {**fields, "fingerprint": self.fingerprint, "params_hash": params_hash,
                     "splits": summarize(self.records), "shards": self.records}
+        manifest = seal_manifest(manifest)
         write_json_atomic(self.folder / MANIFEST, manifest)
         return manifest

@@ -4,7 +4,7 @@ from .dice import DICE, signal_extraction
 from .dimr import DiMR
 from .dit import DiT
 from .layers import DiffusionBackbone, drop_labels
-from .registry import build_model, get_preset, list_models
+from .registry import build_model, builder_defaults, get_preset, list_models
 
 __all__ = ["DICE", "DiMR", "DiT", "DiffusionBackbone", "build_model", "drop_labels", "get_preset",
            "list_models", "signal_extraction"]

@@ -1,6 +1,8 @@
 """Named presets of every model family: ``build_model(name, **overrides)``."""
 from __future__ import annotations
 
+import inspect
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +48,12 @@ def get_preset(name: str) -> Preset:
 def resolved_config(name: str, **overrides: Any) -> dict[str, Any]:
     """The full keyword set a preset is built from, overrides applied."""
     return {**get_preset(name).config, **overrides}
+
+
+def builder_defaults(name: str) -> dict[str, Any]:
+    """The builder's own keyword defaults: what a field the preset leaves unset is."""
+    parameters = inspect.signature(get_preset(name).builder).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
 def build_model(name: str, **overrides: Any) -> nn.Module:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -32,8 +32,12 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> None:
 
 
 def read_metadata(path: str | os.PathLike) -> tuple[str, dict]:
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a readable safetensors file ({error}): it is damaged "
+                         "or something else; train again or pass another file") from None
     if "preset" not in metadata or "config" not in metadata:
         raise ValueError(f"{path} was not written by save_model: it names no preset/config")
     return metadata["preset"], json.loads(metadata["config"])
@@ -43,5 +47,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
     """Rebuild the preset recorded in the file and load its weights."""
     preset, config = read_metadata(path)
     model = build_model(preset, **config)
-    model.load_state_dict(load_file(str(path), device="cpu"))
+    try:
+        weights = load_file(str(path), device="cpu")
+    except SafetensorError as error:
+        raise ValueError(f"{path} is damaged ({error}): train again or pass another file"
+                         ) from None
+    model.load_state_dict(weights)
     return model.to(device)

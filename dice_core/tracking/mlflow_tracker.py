@@ -41,6 +41,7 @@ from .system_metrics import SystemSampler  # noqa: E402
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+LOGGED_STEPS_FILE = "logged_steps.json"
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 # What a failed send can raise when the server is down, slow or failing.
 SEND_ERRORS = (MlflowException, requests.exceptions.RequestException, OSError)
@@ -135,11 +136,16 @@ class RunTracker:
     ``sqlite:///mlflow.db`` in the working directory); ``enabled=False`` (every rank but 0) makes
     every method a no-op. ``tags`` (and ``parent_run_id``, which nests this run under another in
     the MLflow UI) are set when the run is created. One tracker per ``state_dir`` at a time.
+
+    ``once_per_step`` (training runs): a metric is logged at most once per step over every
+    tracker on the state_dir (``logged_steps.json`` keeps each key's last step), so a run resumed
+    from a checkpoint does not log the steps it replays a second time.
     """
 
     def __init__(self, tracking_uri: str | None, experiment: str, state_dir: str | os.PathLike,
                  *, run_name: str, parent_run_id: str | None = None, tags: Mapping | None = None,
-                 enabled: bool = True, retry_seconds: float = 30.0):
+                 enabled: bool = True, retry_seconds: float = 30.0,
+                 once_per_step: bool = False):
         self.enabled = enabled
         self.state_dir = Path(state_dir)
         self._run_id = None
@@ -160,6 +166,8 @@ class RunTracker:
         self._offline = False
         self._next_attempt = 0.0
         self._system = SystemSampler()
+        self._steps_file = self.state_dir / LOGGED_STEPS_FILE if once_per_step else None
+        self._logged_steps = (read_json(self._steps_file) or {}) if once_per_step else {}
         self._flush()
 
     @property
@@ -177,8 +185,16 @@ class RunTracker:
 
     @_only_when_enabled
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        values = {str(key): float(value) for key, value in metrics.items()}
+        if self._steps_file is not None:
+            values = {k: v for k, v in values.items() if step > self._logged_steps.get(k, -1)}
+            if not values:
+                return
         self._record({"kind": "metrics", "step": int(step), "timestamp": int(time.time() * 1000),
-                      "values": {str(key): float(value) for key, value in metrics.items()}})
+                      "values": values})
+        if self._steps_file is not None:     # after the journal: a kill between repeats, not loses
+            self._logged_steps.update(dict.fromkeys(values, int(step)))
+            write_json_atomic(self._steps_file, self._logged_steps)
 
     @_only_when_enabled
     def log_system_metrics(self, step: int) -> None:

@@ -3,6 +3,7 @@ from .checkpoint import CheckpointMismatch, CheckpointStore, ema_weights_path
 from .errors import NonFiniteLoss
 from .layout import BatchLayout, batch_layout
 from .loop import Worker, train_model
+from .run_lock import RunFolderInUse
 
-__all__ = ["BatchLayout", "CheckpointMismatch", "CheckpointStore", "NonFiniteLoss", "Worker",
-           "batch_layout", "ema_weights_path", "train_model"]
+__all__ = ["BatchLayout", "CheckpointMismatch", "CheckpointStore", "NonFiniteLoss",
+           "RunFolderInUse", "Worker", "batch_layout", "ema_weights_path", "train_model"]

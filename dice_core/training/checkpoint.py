@@ -18,6 +18,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from dice_core.durable import write_json_atomic
+from dice_core.models import builder_defaults
 from dice_core.models.serialization import save_model
 
 LATEST = "latest.json"
@@ -34,10 +35,23 @@ def barrier() -> None:
         dist.barrier()
 
 
-def differences(saved: dict, current: dict) -> list[str]:
-    keys = sorted(set(saved) | set(current))
-    return [f"{key}: checkpoint has {saved.get(key)!r}, this run has {current.get(key)!r}"
-            for key in keys if saved.get(key) != current.get(key)]
+def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    problems = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if key == "model_config" and isinstance(old, dict) and isinstance(new, dict):
+            # a field set to the builder's default is the same model as one left unset
+            defaults = builder_defaults(current["model"])
+            problems += differences(as_json({**defaults, **old}), as_json({**defaults, **new}),
+                                    "model_config.")
+        elif old != new:
+            problems.append(f"{prefix}{key}: checkpoint has {old!r}, this run has {new!r}")
+    return problems
+
+
+def as_json(value):
+    """As the checkpoint's state.json reads back (tuples as lists)."""
+    return json.loads(json.dumps(value))
 
 
 class CheckpointStore:

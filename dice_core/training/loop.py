@@ -21,7 +21,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from dice_core.config import Params
-from dice_core.data import make_loader, read_latent_manifest
+from dice_core.data import check_lanes, make_loader, read_latent_manifest
 from dice_core.data.encoders import decoder_for, pick_device
 from dice_core.diffusion import create_diffusion
 from dice_core.durable import write_json_atomic
@@ -37,6 +37,7 @@ from .engine import deepspeed_config, initialize_engine, model_dtype, resolve_pr
 from .errors import NonFiniteLoss
 from .layout import batch_layout
 from .optim import FiniteAdamW
+from .run_lock import RunFolderLock
 
 GRID_SAMPLES = 16
 
@@ -101,9 +102,17 @@ def inputs_digest(*tensors: torch.Tensor) -> str:
 
 
 def train_model(params: Params, model_name: str, worker: Worker | None = None) -> dict:
-    """Trains ``model_name`` to ``train.steps`` (resuming its run folder) and returns a summary."""
+    """Trains ``model_name`` to ``train.steps`` (resuming its run folder) and returns a summary.
+    Refused at once when another process trains in the same run folder."""
     worker = worker or Worker()
     params = params.for_model(model_name)
+    # before the engine and the MLflow run: too many loader lanes for the shards is refused now
+    check_lanes(params.train.data, worker.world_size, params.train.loader_workers)
+    with RunFolderLock(Path(params.train.output) / model_name, enabled=worker.rank == 0):
+        return _train(params, model_name, worker)
+
+
+def _train(params: Params, model_name: str, worker: Worker) -> dict:
     train, seed = params.train, params.seed
     rank, world_size = worker.rank, worker.world_size
     is_main = rank == 0
@@ -126,8 +135,6 @@ def train_model(params: Params, model_name: str, worker: Worker | None = None) -
     optimizer = FiniteAdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     ds_config = deepspeed_config(layout, precision, train.zero_stage,
                                  train.initial_loss_scale_power)
-    if is_main:
-        write_json_atomic(run_dir / "deepspeed_config.json", ds_config)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     engine = initialize_engine(model.to(device), optimizer, ds_config)
@@ -144,6 +151,8 @@ def train_model(params: Params, model_name: str, worker: Worker | None = None) -
                  "data": manifest["params_hash"]}
     store = CheckpointStore(run_dir, rank, train.keep_checkpoints)
     state = store.load(engine, ema, signature) or {}
+    if is_main:     # only now: a refused resume leaves the run folder's record as it was
+        write_json_atomic(run_dir / "deepspeed_config.json", ds_config)
     start_step = state.get("step", 0)
     window = state.get("window", {"loss_sum": 0.0, "count": 0, "skipped": 0})
     consecutive_skips = state.get("consecutive_skips", 0)
@@ -151,7 +160,8 @@ def train_model(params: Params, model_name: str, worker: Worker | None = None) -
     tracker = RunTracker(params.tracking.uri, params.tracking.experiment, run_dir / "tracking",
                          run_name=model_name, parent_run_id=worker.parent_run_id,
                          tags={"model": model_name, "family": get_preset(model_name).family},
-                         enabled=is_main, retry_seconds=params.tracking.retry_seconds)
+                         enabled=is_main, retry_seconds=params.tracking.retry_seconds,
+                         once_per_step=True)
     if is_main and start_step == 0:
         tracker.log_params({"model": model_name, "model_config": model.preset_config,
                             "train": train.model_dump(), "seed": seed,

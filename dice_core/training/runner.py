@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from dice_core.config import Params
-from dice_core.data import read_latent_manifest
+from dice_core.data import check_lanes, read_latent_manifest
 from dice_core.data.encoders import pick_device
 from dice_core.tracking import RunTracker, open_parent_run, total_emissions
 
@@ -30,6 +30,7 @@ def preflight(params: Params) -> None:
     if train.backend == "local" and train.workers != 1:
         raise ValueError("train.workers > 1 needs train.backend: ray")
     read_latent_manifest(train.data)
+    check_lanes(train.data, train.workers, train.loader_workers)
 
 
 def train_models(params: Params, models: list[str]) -> list[dict]:
@@ -37,7 +38,8 @@ def train_models(params: Params, models: list[str]) -> list[dict]:
     train = params.train
     parent = parent_tracker(params)
     summaries = []
-    try:
+    status = "FAILED"       # a child that fails fails its parent; a later run that
+    try:                    # finishes them all marks the parent finished again
         for name in models:
             if train.backend == "ray":
                 from .ray_backend import train_with_ray
@@ -45,8 +47,9 @@ def train_models(params: Params, models: list[str]) -> list[dict]:
             else:
                 summaries.append(train_model(params, name, Worker(parent_run_id=parent.run_id)))
         parent.log_metrics(pipeline_totals(params), step=0)
+        status = "FINISHED"
     finally:
-        parent.close()
+        parent.close(status)
     return summaries
 
 
