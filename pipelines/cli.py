@@ -2,32 +2,32 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 
 from dice_core.config import ParamsError
-from dice_core.training.errors import NonFiniteLoss
 from dice_core.models import get_preset, list_models
 
-from . import (autoencoder, classifier, encode, evaluate, flow, prepare, reference, report,
-               static, tracking_delivery, train)
 from .dvc_stages import StageFailed
 from .settings import update_params
 from .stage_times import record_stage_time
 
 
-STAGES = [(static, "parameters, multiply-adds, samples/s"),
-          (prepare, "decode, crop and shard the images"),
-          (autoencoder, "train the small autoencoder of the embedded data"),
-          (encode, "encode image shards to latent shards"),
-          (train, "train the models (DeepSpeed, Ray Train)"),
-          (reference, "feature statistics of the real images"),
-          (classifier, "a small classifier of the real images, to score samples' classes"),
-          (evaluate, "samples and ADM metrics of a trained model"),
-          (report, "the paper's tables and figures for the trained models")]
-COMMANDS = [(flow, "flow", "every stage as a Prefect flow run, or its scheduled deployment"),
-            (tracking_delivery, "tracking", "flush: send MLflow records journalled while it "
-                                                 "was down")]
+# a stage is the pipelines module of its name; its time goes into the report
+STAGES = [("static", "parameters, multiply-adds, samples/s"),
+          ("prepare", "decode, crop and shard the images"),
+          ("autoencoder", "train the small autoencoder of the embedded data"),
+          ("encode", "encode image shards to latent shards"),
+          ("train", "train the models (DeepSpeed, Ray Train)"),
+          ("reference", "feature statistics of the real images"),
+          ("classifier", "a small classifier of the real images, to score samples' classes"),
+          ("evaluate", "samples and ADM metrics of a trained model"),
+          ("report", "the paper's tables and figures for the trained models")]
+# (pipelines module, command, summary)
+COMMANDS = [("flow", "flow", "every stage as a Prefect flow run, or its scheduled deployment"),
+            ("tracking_delivery", "tracking",
+             "flush: send MLflow records journalled while it was down")]
 
 
 def list_command(args: argparse.Namespace) -> None:
@@ -42,19 +42,19 @@ def profile_command(args: argparse.Namespace) -> None:
           + "; `dvc repro` (or `dice flow`) runs it")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command with its summary. Only ``command``'s module is imported, for its arguments:
+    a stage then does not pay for importing all the others (Prefect, matplotlib, ...)."""
     parser = argparse.ArgumentParser(prog="dice", description="DICE / DiT / DiMR pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    for stage, summary in STAGES:
-        stage_parser = commands.add_parser(stage.__name__.rsplit(".", 1)[1], help=summary)
-        stage.add_arguments(stage_parser)
-        stage_parser.set_defaults(handler=stage.run, timed=True)
-
-    for module, name, summary in COMMANDS:
+    for module_name, name, summary, timed in ([(n, n, text, True) for n, text in STAGES]
+                                              + [(*c, False) for c in COMMANDS]):
         command_parser = commands.add_parser(name, help=summary)
-        module.add_arguments(command_parser)
-        command_parser.set_defaults(handler=module.run)
+        if name == command:
+            module = importlib.import_module(f"pipelines.{module_name}")
+            module.add_arguments(command_parser)
+            command_parser.set_defaults(handler=module.run, timed=timed)
 
     profile_parser = commands.add_parser("profile", help="lay a profile (imagenet) over "
                                                          "params.yaml, which DVC reads")
@@ -71,16 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
     started = time.perf_counter()
     try:
         args.handler(args)
         if getattr(args, "timed", False):
             record_stage_time(args, time.perf_counter() - started)
-    except (ParamsError, ValueError, NonFiniteLoss, StageFailed) as error:
+    except (ParamsError, ValueError, StageFailed, *training_stops()) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def training_stops() -> tuple[type[Exception], ...]:
+    """NonFiniteLoss, where training ran: importing it up front would load the whole training
+    package (2 s) into every other command."""
+    errors = sys.modules.get("dice_core.training.errors")
+    return (errors.NonFiniteLoss,) if errors else ()
 
 
 if __name__ == "__main__":

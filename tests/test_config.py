@@ -104,3 +104,18 @@ def test_the_imagenet_profile_is_the_papers_setting():
         (5000, 500, 250)
     assert params.evaluate.feature_network == "inception" and params.seed == 42
 
+
+
+def test_a_stage_command_imports_no_other_stage_and_help_lists_every_command():
+    import subprocess
+    import sys
+    code = ("import sys; from pipelines.cli import build_parser; build_parser('prepare'); "
+            "print(sorted(m for m in ('prefect', 'pipelines.flow', 'pipelines.report', "
+            "'pipelines.train') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, timeout=120)
+    assert loaded.stdout.strip() == "[]"      # Prefect is for `dice flow` alone
+    usage = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"],
+                           capture_output=True, text=True, check=True, timeout=120).stdout
+    assert all(name in usage for name in ("static", "prepare", "train", "report", "flow",
+                                          "tracking", "profile", "models"))

@@ -337,3 +337,15 @@ def test_fp16_loss_scaling_skips_a_non_finite_step(tmp_path, shards, mlflow_serv
     assert skipped[3] == 1 and summary["status"] == "FINISHED"
     scales = [m.value for m in client.get_metric_history(summary["run_id"], "train/loss_scale")]
     assert scales[2] <= scales[1]   # never raised by an overflow (hysteresis may delay a cut)
+
+
+def test_a_run_stopped_for_non_finite_losses_ends_the_command_with_status_2(monkeypatch,
+                                                                             capsys):
+    import pipelines.train
+    from pipelines.cli import main as dice_main
+
+    def stopped(args):
+        raise NonFiniteLoss("dit-t: 3 optimiser steps in a row had a non-finite loss")
+    monkeypatch.setattr(pipelines.train, "run", stopped)
+    assert dice_main(["train", "--model", "dit-t"]) == 2
+    assert "error: dit-t: 3 optimiser steps in a row" in capsys.readouterr().err
