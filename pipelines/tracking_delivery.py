@@ -25,12 +25,15 @@ def deliver_pending(root: Path, log: logging.Logger | logging.LoggerAdapter = lo
     params = through_running_ui(load_params(root / "params.yaml"), root)
     runs_root = root / params.train.output
     sent = 0
-    for state in journals_with_records(runs_root):
+    # the pipeline's own run first: children created now are nested under it, also when it
+    # too was created while the server was down
+    for state in sorted(journals_with_records(runs_root),
+                        key=lambda state: state.parent.name != "pipeline"):
         summary = read_json(state.parent / "summary.json") or {}
         done, left = deliver_journal(state, params.tracking.uri, params.tracking.experiment,
-                               summary.get("status", "FINISHED"),
-                               None if state.parent.name == "pipeline" else
-                               parent_run_id(runs_root))
+                                     summary.get("status", "FINISHED"),
+                                     None if state.parent.name == "pipeline" else
+                                     parent_run_id(runs_root))
         sent += done
         log.info("%s: sent %d journalled MLflow records, %d still pending", state.parent.name,
                  done, left)

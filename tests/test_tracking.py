@@ -263,13 +263,20 @@ def test_dice_tracking_flush_sends_what_a_run_journalled_while_the_server_was_do
     tracker.close()
     (state_dir.parent / "summary.json").write_text(json.dumps({"status": "FINISHED"}))
     assert len(pending(state_dir)) == 2
+    parent_dir = tmp_path / "runs" / "pipeline" / "tracking"   # its parent, down all along too
+    parent = RunTracker(mlflow_server.uri, tmp_path.name, parent_dir, run_name="pipeline",
+                        retry_seconds=3600)
+    parent.log_metrics({"total/kwh": 0.1}, step=0)
+    parent.close()
 
     assert deliver_pending(tmp_path) == 0           # still down: kept for the next delivery
     mlflow_server.start()
     assert dice_main(["tracking", "flush", "--project", str(tmp_path)]) == 0
-    assert "tracking flush: 2 journalled MLflow records sent" in capsys.readouterr().out
+    assert "tracking flush: 3 journalled MLflow records sent" in capsys.readouterr().out
     assert pending(state_dir) == []
     client = MlflowClient(mlflow_server.uri)
     run_id = json.loads((state_dir / "run.json").read_text())["run_id"]
     assert history(client, run_id) == [(1, 0.5), (2, 0.25)]
     assert client.get_run(run_id).info.status == "FINISHED"
+    parent_id = json.loads((parent_dir / "run.json").read_text())["run_id"]
+    assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == parent_id
