@@ -3,10 +3,10 @@
 Each task runs ``dvc repro --single-item <stage>`` in a subprocess, so the flow and ``dvc repro``
 share one cache, one lock file and one lineage, and a crash in training cannot take the flow
 down; a re-run resumes the training runs from their checkpoints. A stage that ``dvc status``
-finds up to date, with everything it depends on, is reported so without starting DVC again. After the stages it delivers
-MLflow records journalled while the server was down, and publishes the report, Tables 1-2 and a
-link to each model's MLflow run as Prefect artifacts (stable keys, so the Artifacts page keeps
-their history).
+finds up to date, with everything it depends on, is reported so without starting DVC again.
+After the stages it delivers MLflow records journalled while the server was down, and publishes
+the report, Tables 1-2 and a link to each model's MLflow run as Prefect artifacts (stable keys,
+so the Artifacts page keeps their history).
 
     dice flow [--model dit-t ...] [--profile imagenet] [-S train.steps=100 ...]
     dice flow serve [--cron "0 2 * * *"]

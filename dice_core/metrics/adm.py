@@ -74,10 +74,18 @@ def frechet_distance_to_features(mu: np.ndarray, sigma: np.ndarray, features: np
         return frechet_distance(mu, sigma, *statistics(features))
     mean = features.mean(axis=0)
     centred = features - mean
-    small = centred @ sigma @ centred.T / (n - 1)
+    return frechet_distance_in_sample_space(mu, np.trace(sigma), mean,
+                                            centred @ sigma @ centred.T / (n - 1),
+                                            (centred ** 2).sum() / (n - 1))
+
+
+def frechet_distance_in_sample_space(mu: np.ndarray, trace_sigma: float, mean: np.ndarray,
+                                     small: np.ndarray, trace_own: float) -> float:
+    """The exact route's last step: ``small`` is X sigma X^T / (n - 1) of the n centred
+    samples X, ``mean`` their mean, ``trace_own`` the trace of their covariance."""
     tr_covmean = np.sqrt(np.clip(linalg.eigvalsh((small + small.T) / 2), 0, None)).sum()
     diff = np.asarray(mu, dtype=np.float64) - mean
-    return float(diff @ diff + np.trace(sigma) + (centred ** 2).sum() / (n - 1) - 2 * tr_covmean)
+    return float(diff @ diff + trace_sigma + trace_own - 2 * tr_covmean)
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:

@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
 from scipy.special import softmax
 
-from dice_core.metrics.adm import (frechet_distance_to_features,
+from dice_core.metrics.adm import (frechet_distance_in_sample_space,
+                                   frechet_distance_to_features,
                                    inception_score_from_probabilities, kth_neighbour_radii,
                                    precision_recall)
 
@@ -98,15 +98,14 @@ def resampled_fds(mu: np.ndarray, sigma: np.ndarray, pool: np.ndarray,
     if len(features) >= features.shape[1]:      # the exact route's own fallback
         return [frechet_distance_to_features(mu, sigma, features[d], "exact") for d in draws]
     weighted, plain = features @ sigma @ features.T, features @ features.T
-    trace_sigma, mu = np.trace(sigma), np.asarray(mu, dtype=np.float64)
+    trace_sigma = np.trace(sigma)
     fds = []
     for d in draws:
         n = len(d)
-        small = centred_gram(weighted[np.ix_(d, d)]) / (n - 1)
-        tr_covmean = np.sqrt(np.clip(linalg.eigvalsh((small + small.T) / 2), 0, None)).sum()
-        diff = mu - features[d].mean(axis=0)
-        trace_own = np.trace(centred_gram(plain[np.ix_(d, d)])) / (n - 1)
-        fds.append(float(diff @ diff + trace_sigma + trace_own - 2 * tr_covmean))
+        fds.append(frechet_distance_in_sample_space(
+            mu, trace_sigma, features[d].mean(axis=0),
+            centred_gram(weighted[np.ix_(d, d)]) / (n - 1),
+            np.trace(centred_gram(plain[np.ix_(d, d)])) / (n - 1)))
     return fds
 
 
