@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Stage commands run by the tests record their times here, not in the project's results/.
 os.environ.setdefault("DICE_STAGE_TIMES", os.path.join(tempfile.mkdtemp(), "stage_times.jsonl"))
 
+
 def pytest_configure(config):
     """Under pytest-xdist each worker gets its share of the cores, for its own torch and for
     the stages it starts: OpenMP threads that outnumber the cores spin against each other, and

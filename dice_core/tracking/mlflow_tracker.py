@@ -192,9 +192,6 @@ class RunTracker:
                 return
         self._record({"kind": "metrics", "step": int(step), "timestamp": int(time.time() * 1000),
                       "values": values})
-        if self._steps_file is not None:     # after the journal: a kill between repeats, not loses
-            self._logged_steps.update(dict.fromkeys(values, int(step)))
-            write_json_atomic(self._steps_file, self._logged_steps)
 
     @_only_when_enabled
     def log_system_metrics(self, step: int) -> None:
@@ -261,8 +258,18 @@ class RunTracker:
 
     def _record(self, record: dict) -> None:
         self._journal.append(record)
+        self._note_logged(record)
         if not self._offline or time.monotonic() >= self._next_attempt:
             self._flush()
+
+    def _note_logged(self, record: dict) -> None:
+        """With ``once_per_step``, a metric's step as soon as the journal holds it, before the
+        send: a kill while sending then leaves nothing to log again (a kill between these two
+        local writes could still repeat one point; a record is never lost)."""
+        if self._steps_file is None or record["kind"] != "metrics":
+            return
+        self._logged_steps.update(dict.fromkeys(record["values"], record["step"]))
+        write_json_atomic(self._steps_file, self._logged_steps)
 
     def _flush(self) -> bool:
         """Send the journal; False, in offline mode, when MLflow cannot take it now."""
