@@ -30,7 +30,7 @@ from dice_core.text_table import format_table
 from dice_core.training.engine import (child_process_env, deepspeed_config,
                                        initialize_engine, model_dtype, resolve_precision)
 from dice_core.training.layout import batch_layout
-from dice_core.training.loop import PrecisionAdapter
+from dice_core.training.steps import PrecisionAdapter
 from dice_core.training.optim import FiniteAdamW
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -10,6 +10,8 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       model_validator)
 
 DEFAULT_PARAMS = Path("params.yaml")
+# the settings train.resume_changes may name: a run resumes with new values of these
+RESUMABLE_SETTINGS = ("lr", "weight_decay")
 
 
 def _known_models(models: list[str]) -> list[str]:
@@ -125,6 +127,10 @@ class TrainParams(Section):
     eval_every: int = Field(5000, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     max_nonfinite_steps: int = Field(20, ge=1)
+    # a checkpoint is healthy while the loss stays under this multiple of the run's lowest
+    healthy_loss_factor: float = Field(4.0, gt=1)
+    # settings a resumed run may change from its checkpoint's (after a divergence, say)
+    resume_changes: list[Literal[RESUMABLE_SETTINGS]] = Field(default_factory=list)
     loader_workers: int = Field(1, ge=0)
     device: str = "auto"
     backend: Literal["local", "ray"] = "local"

@@ -16,9 +16,10 @@ from safetensors.torch import load_file
 
 from dice_core.config import Params
 from dice_core.training import CheckpointMismatch, NonFiniteLoss, train_model
-from dice_core.training import loop as loop_module
+from dice_core.training import steps as steps_module
 from dice_core.training.checkpoint import CheckpointStore
 from dice_core.training.engine import child_process_env
+from dice_core.training.health import DivergenceGuard
 from dice_core.training.runner import train_models
 from helpers import tiny_latents, training_params
 
@@ -132,7 +133,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights_and_loss_curve(
 
 def nan_noise_at(steps: set[int] | None, start: int | None = None):
     """Wraps the loop's input drawing so that some steps get NaN noise (a non-finite loss)."""
-    real = loop_module.diffusion_inputs
+    real = steps_module.diffusion_inputs
 
     def inputs(seed, index, rank, *args):
         t, noise, labels = real(seed, index, rank, *args)
@@ -144,7 +145,7 @@ def nan_noise_at(steps: set[int] | None, start: int | None = None):
 
 def test_a_non_finite_step_is_skipped_and_training_goes_on(tmp_path, shards, mlflow_server,
                                                           monkeypatch):
-    monkeypatch.setattr(loop_module, "diffusion_inputs", nan_noise_at({2}))
+    monkeypatch.setattr(steps_module, "diffusion_inputs", nan_noise_at({2}))
     summary = train_model(make_params(tmp_path, shards, mlflow_server.uri), "dit-t")
     client = MlflowClient(mlflow_server.uri)
     skipped = {m.step: m.value for m in client.get_metric_history(summary["run_id"],
@@ -157,7 +158,7 @@ def test_a_non_finite_step_is_skipped_and_training_goes_on(tmp_path, shards, mlf
 
 def test_k_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint(
         tmp_path, shards, mlflow_server, monkeypatch):
-    monkeypatch.setattr(loop_module, "diffusion_inputs", nan_noise_at(None, start=4))
+    monkeypatch.setattr(steps_module, "diffusion_inputs", nan_noise_at(None, start=4))
     params = make_params(tmp_path, shards, mlflow_server.uri, steps=12, ckpt_every=4,
                          max_nonfinite_steps=3)
     with pytest.raises(NonFiniteLoss, match=r"3 optimiser steps in a row.*step 7.*checkpoint"):
@@ -174,6 +175,63 @@ def test_k_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpo
     train_models(params, ["dit-t"])
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "FINISHED"
     assert client.get_run(parent["run_id"]).info.status == "FINISHED"
+
+
+def test_after_a_divergence_the_healthy_checkpoint_survives_and_a_lower_lr_resumes_from_it(
+        tmp_path, shards, mlflow_server, monkeypatch):
+    """Resumed at lr 0.1, the loss explodes (1e2 .. 1e4) while the weights stay finite: those
+    checkpoints are unhealthy, so pruning keeps the healthy one of step 4, and the NaN streak
+    that follows (made here from step 13) rolls the run back to it."""
+    def params(**train):
+        return make_params(tmp_path, shards, mlflow_server.uri, ckpt_every=2, log_every=1,
+                           keep_checkpoints=1, max_nonfinite_steps=3, **train)
+    train_model(params(steps=4, lr=1e-3), "dit-t")
+    with pytest.raises(CheckpointMismatch, match=r"lr: checkpoint has 0.001, this run has "
+                                                 r"0.1(.|\n)*resume_changes"):
+        train_model(params(steps=30, lr=0.1), "dit-t")
+    monkeypatch.setattr(steps_module, "diffusion_inputs", nan_noise_at(None, start=12))
+    with pytest.raises(NonFiniteLoss, match=r"up to step 15.*last healthy checkpoint.*"
+                                            r"step-0000004 \(step 4\).*resume_changes"):
+        train_model(params(steps=30, lr=0.1, resume_changes=["lr"]), "dit-t")
+    store = CheckpointStore(tmp_path / "runs" / "dit-t")
+    assert store.latest()["step"] == 4 and store.healthy()["step"] == 4
+    assert [d.name for d in sorted(store.folder.glob("diverged/step-*"))] == ["step-0000014"]
+    run_id = json.loads((store.folder.parent / "tracking" / "run.json").read_text())["run_id"]
+    exploded = loss_history(mlflow_server.uri, run_id)
+    assert all(max(exploded[step]) > 4 * 0.9 for step in range(6, 13))
+
+    monkeypatch.undo()
+    summary = train_model(params(steps=8, lr=1e-3, resume_changes=["lr"]), "dit-t")
+    assert summary["status"] == "FINISHED" and summary["steps"] == 8
+    history = loss_history(mlflow_server.uri, run_id)
+    assert len(history[6]) == 2 and min(history[6]) < 2    # step 6 trained again, and logged
+    client = MlflowClient(mlflow_server.uri)
+    tags = client.get_run(run_id).data.tags
+    assert tags["resumed_at_step_4"] == "lr: 0.001 -> 0.1"
+    assert tags["diverged_at_step_15"] == "lr 0.1; rolled back to step 4"
+    assert {m.value for m in client.get_metric_history(run_id, "train/lr") if m.step == 6} == \
+        {0.1, 1e-3}
+
+
+def test_a_checkpoint_is_healthy_while_the_loss_stays_in_range_and_no_streak_runs():
+    guard, model = DivergenceGuard(max_streak=3, factor=4.0), torch.nn.Linear(2, 2)
+    for loss in (1.0, 0.9, 0.8):
+        assert not guard.observe(loss)
+    assert guard.judge_checkpoint(model) and guard.reference == pytest.approx(0.9)
+    for loss in (0.7, 3.5):             # mean 2.1 and last 3.5, both under 4 x 0.9
+        guard.observe(loss)
+    assert guard.judge_checkpoint(model) and guard.reference == pytest.approx(0.9)
+    for losses in ((0.7, 4.0), (1e28,), (0.5, None)):   # last too high, exploded, mid-streak
+        for loss in losses:
+            guard.observe(loss)
+        assert not guard.judge_checkpoint(model)
+    assert not guard.observe(None) and guard.observe(None)     # a streak of 3 stops the run
+    guard.observe(0.5)
+    with torch.no_grad():
+        model.weight[0, 0] = float("inf")
+    assert not guard.judge_checkpoint(model)
+    resumed = DivergenceGuard.from_state(guard.state(), max_streak=3, factor=4.0)
+    assert (resumed.reference, resumed.streak) == (guard.reference, 0)
 
 
 def test_a_checkpoint_of_another_configuration_is_refused_naming_the_difference(
@@ -301,8 +359,8 @@ def test_stopping_the_tracking_server_mid_run_neither_stops_training_nor_loses_m
         tmp_path, shards, mlflow_server, monkeypatch, caplog):
     real_save = CheckpointStore.save
 
-    def save_then_switch_the_server(self, engine, ema, state):
-        path = real_save(self, engine, ema, state)
+    def save_then_switch_the_server(self, engine, ema, state, healthy):
+        path = real_save(self, engine, ema, state, healthy)
         if state["step"] == 3:
             mlflow_server.stop()
         elif state["step"] == 6:
@@ -328,7 +386,7 @@ def test_dice_train_accepts_a_family_name():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 needs a GPU (DeepSpeed)")
 def test_fp16_loss_scaling_skips_a_non_finite_step(tmp_path, shards, mlflow_server,
                                                    monkeypatch):
-    monkeypatch.setattr(loop_module, "diffusion_inputs", nan_noise_at({2}))
+    monkeypatch.setattr(steps_module, "diffusion_inputs", nan_noise_at({2}))
     summary = train_model(make_params(tmp_path, shards, mlflow_server.uri, precision="fp16",
                                       device="cuda"), "dit-t")
     client = MlflowClient(mlflow_server.uri)

@@ -194,6 +194,15 @@ class RunTracker:
                       "values": values})
 
     @_only_when_enabled
+    def forget_steps_after(self, step: int) -> None:
+        """With ``once_per_step``: the steps after ``step`` may be logged again (a run rolled
+        back to a checkpoint at ``step`` trains them anew, with other settings)."""
+        if self._steps_file is None:
+            return
+        self._logged_steps = {key: min(last, step) for key, last in self._logged_steps.items()}
+        write_json_atomic(self._steps_file, self._logged_steps)
+
+    @_only_when_enabled
     def log_system_metrics(self, step: int) -> None:
         """CPU use, memory of the process and the machine, and GPU memory where there is a GPU."""
         self.log_metrics(self._system.sample(), step)

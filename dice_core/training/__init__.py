@@ -2,8 +2,9 @@
 from .checkpoint import CheckpointMismatch, CheckpointStore, ema_weights_path
 from .errors import NonFiniteLoss
 from .layout import BatchLayout, batch_layout
-from .loop import Worker, train_model
+from .loop import train_model
 from .run_lock import RunFolderInUse
+from .session import Worker
 
 __all__ = ["BatchLayout", "CheckpointMismatch", "CheckpointStore", "NonFiniteLoss",
            "RunFolderInUse", "Worker", "batch_layout", "ema_weights_path", "train_model"]

@@ -4,6 +4,8 @@ EMA weights and the loop's own state, under ``<run>/checkpoints/step-NNNNNNN``.
 A checkpoint is written under ``step-NNNNNNN.partial`` and renamed when every rank has
 finished, then ``latest.json`` is replaced to point at it; a run killed at any moment leaves
 either the previous checkpoint or the new one as the latest, never a half-written one.
+``latest.json`` also names the newest *healthy* checkpoint (see health.py), which pruning keeps
+until a later one is healthy, and to which a run that diverged rolls back.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
+from dice_core.config import RESUMABLE_SETTINGS
 from dice_core.durable import write_json_atomic
 from dice_core.models import builder_defaults
 from dice_core.models.serialization import save_model
@@ -24,6 +27,7 @@ from dice_core.models.serialization import save_model
 LATEST = "latest.json"
 EMA_FILE = "ema.safetensors"
 STATE_FILE = "state.json"
+DIVERGED = "diverged"
 
 
 class CheckpointMismatch(ValueError):
@@ -49,6 +53,25 @@ def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return problems
 
 
+def mismatch_message(folder: Path, run_dir: Path, problems: list[str]) -> str:
+    message = (f"the checkpoint in {folder} was written for another run:\n  "
+               + "\n  ".join(problems))
+    if any(problem.startswith("data:") for problem in problems):
+        message += ("\nThe training data changed since (new latents, another encoder or "
+                    "autoencoder): these checkpoints were trained on other data and are not "
+                    "mixed with it.")
+    message += ("\nUse another train.output folder for this configuration, or delete "
+                f"{run_dir} to start this one afresh (then dvc repro train).")
+    if any(problem.split(":")[0] in RESUMABLE_SETTINGS for problem in problems):
+        message += (f"\nTo resume this run with new values of {' or '.join(RESUMABLE_SETTINGS)}"
+                    ", list them in train.resume_changes (for example resume_changes: [lr]).")
+    return message
+
+
+def without(signature: dict, keys: tuple[str, ...]) -> dict:
+    return {key: value for key, value in signature.items() if key not in keys}
+
+
 def as_json(value):
     """As the checkpoint's state.json reads back (tuples as lists)."""
     return json.loads(json.dumps(value))
@@ -70,7 +93,13 @@ class CheckpointStore:
         latest = self.latest()
         return None if latest is None else self.folder / latest["tag"] / EMA_FILE
 
-    def save(self, engine, ema, state: dict) -> Path:
+    def healthy(self) -> dict | None:
+        """The newest healthy checkpoint, ``{"tag", "step"}``, or None."""
+        latest = self.latest()
+        healthy = (latest or {}).get("healthy")
+        return healthy if healthy and (self.folder / healthy["tag"]).is_dir() else None
+
+    def save(self, engine, ema, state: dict, healthy: bool) -> Path:
         """All ranks call this; ``state`` (JSON) holds the step and the run's signature."""
         tag = f"step-{state['step']:07d}"
         partial = self.folder / f"{tag}.partial"
@@ -81,41 +110,58 @@ class CheckpointStore:
         engine.save_checkpoint(str(self.folder), tag=partial.name, save_latest=False)
         if self.rank == 0:
             save_model(ema.module, partial / EMA_FILE)
-            write_json_atomic(partial / STATE_FILE,
-                              {**state, "ema_updates": int(ema.n_averaged.item())})
+            write_json_atomic(partial / STATE_FILE, {**state, "healthy": healthy,
+                                                     "ema_updates": int(ema.n_averaged.item())})
         barrier()
         final = self.folder / tag
         if self.rank == 0:
+            point = {"tag": tag, "step": state["step"]}
+            kept_healthy = point if healthy else self.healthy()
             shutil.rmtree(final, ignore_errors=True)
             os.replace(partial, final)
-            write_json_atomic(self.folder / LATEST, {"tag": tag, "step": state["step"]})
+            write_json_atomic(self.folder / LATEST, {**point, "healthy": kept_healthy})
             self._prune()
         barrier()
         return final
 
-    def _prune(self) -> None:
-        finished = sorted(p for p in self.folder.glob("step-*") if not p.name.endswith(".partial"))
-        for old in finished[:-self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    def _finished(self) -> list[Path]:
+        return sorted(p for p in self.folder.glob("step-*") if not p.name.endswith(".partial"))
 
-    def load(self, engine, ema, signature: dict) -> dict | None:
+    def _prune(self) -> None:
+        healthy = self.healthy()
+        for old in self._finished()[:-self.keep]:
+            if healthy is None or old.name != healthy["tag"]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def roll_back_to_healthy(self) -> dict | None:
+        """Makes the newest healthy checkpoint the latest again, moving the later ones under
+        ``checkpoints/diverged/`` (kept for inspection); returns it, or None (then nothing
+        moves) when there is none."""
+        healthy = self.healthy()
+        if healthy is None or self.rank != 0:
+            return healthy
+        for later in self._finished():
+            if later.name > healthy["tag"]:
+                moved = self.folder / DIVERGED / later.name
+                shutil.rmtree(moved, ignore_errors=True)
+                moved.parent.mkdir(exist_ok=True)
+                os.replace(later, moved)
+        write_json_atomic(self.folder / LATEST, {**healthy, "healthy": healthy})
+        return healthy
+
+    def load(self, engine, ema, signature: dict, may_differ: tuple[str, ...] = ()) -> dict | None:
         """Restores the latest checkpoint into ``engine`` and ``ema``; returns its state, or
-        None when there is none. Refuses one written for another model or configuration."""
+        None when there is none. Refuses one written for another model or configuration; the
+        signature keys in ``may_differ`` (train.resume_changes) may have changed."""
         latest = self.latest()
         if latest is None:
             return None
         folder = self.folder / latest["tag"]
         state = json.loads((folder / STATE_FILE).read_text())
-        problems = differences(state["signature"], signature)
+        problems = differences(without(state["signature"], may_differ),
+                               without(signature, may_differ))
         if problems:
-            raise CheckpointMismatch(
-                f"the checkpoint in {folder} was written for another run:\n  "
-                + "\n  ".join(problems)
-                + ("\nThe training data changed since (new latents, another encoder or "
-                   "autoencoder): these checkpoints were trained on other data and are not "
-                   "mixed with it." if any(p.startswith("data:") for p in problems) else "")
-                + "\nUse another train.output folder for this configuration, or delete "
-                f"{self.folder.parent} to start this one afresh (then dvc repro train).")
+            raise CheckpointMismatch(mismatch_message(folder, self.folder.parent, problems))
         weights_only_loads(engine)
         loaded, _ = engine.load_checkpoint(str(self.folder), tag=latest["tag"],
                                            load_optimizer_states=True,

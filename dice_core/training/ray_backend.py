@@ -14,7 +14,8 @@ from dice_core.config import Params
 from dice_core.durable import write_json_atomic
 
 from .checkpoint import LATEST, STATE_FILE, CheckpointStore, barrier
-from .loop import Worker, train_model
+from .loop import train_model
+from .session import Worker
 
 
 def train_with_ray(params: Params, model_name: str, parent_run_id: str | None) -> dict:

@@ -12,7 +12,8 @@ from dice_core.tracking import RunTracker, open_parent_run, total_emissions
 
 from .engine import resolve_precision
 from .layout import batch_layout
-from .loop import Worker, train_model
+from .loop import train_model
+from .session import Worker
 
 
 def parent_tracker(params: Params) -> RunTracker:

@@ -1,0 +1,211 @@
+"""Everything one training run holds, set up once: data, model, EMA, the DeepSpeed engine, the
+resumed checkpoint, MLflow tracking and the emissions meter."""
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dice_core.config import Params, TrainParams
+from dice_core.data import make_loader, read_latent_manifest
+from dice_core.data.encoders import pick_device
+from dice_core.diffusion import create_diffusion
+from dice_core.durable import write_json_atomic
+from dice_core.ema import create_ema
+from dice_core.models import build_model, get_preset
+from dice_core.tracking import EmissionsMeter, RunTracker
+
+from .checkpoint import CheckpointStore
+from .engine import deepspeed_config, initialize_engine, model_dtype, resolve_precision
+from .health import DivergenceGuard, LossWindow
+from .layout import BatchLayout, batch_layout
+from .optim import FiniteAdamW
+from .steps import InputHashLog, PrecisionAdapter
+
+
+@dataclass
+class Worker:
+    """Where this copy of the loop runs."""
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device | None = None
+    parent_run_id: str | None = None
+    on_checkpoint: Callable[[Path, dict], None] | None = None   # Ray reports through this
+
+
+@dataclass
+class Session:
+    model_name: str
+    params: Params          # already laid over with the model's per_model settings
+    worker: Worker
+    run_dir: Path
+    manifest: dict
+    layout: BatchLayout
+    device: torch.device
+    precision: str
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: FiniteAdamW
+    engine: object
+    adapter: PrecisionAdapter
+    diffusion: object
+    signature: dict
+    store: CheckpointStore
+    start_step: int
+    window: LossWindow
+    guard: DivergenceGuard
+    tracker: RunTracker
+    emissions: EmissionsMeter | None
+    loader: object
+    hashes: InputHashLog
+
+    @property
+    def train(self) -> TrainParams:
+        return self.params.train
+
+    @property
+    def seed(self) -> int:
+        return self.params.seed
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest["num_classes"]
+
+    @property
+    def is_main(self) -> bool:
+        return self.worker.rank == 0
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def open_session(params: Params, model_name: str, worker: Worker) -> Session:
+    train = params.train
+    manifest = read_latent_manifest(train.data)
+    layout = batch_layout(train.global_batch, train.micro_batch, worker.world_size)
+    device = worker.device or pick_device(train.device)
+    precision = resolve_precision(train.precision, device)
+    run_dir = Path(train.output) / model_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model, ema, optimizer, engine, ds_config = build_engine(
+        model_name, train, params.seed, manifest, layout, precision, device)
+    signature = run_signature(model_name, model, params, precision, layout, worker, manifest)
+    store = CheckpointStore(run_dir, worker.rank, train.keep_checkpoints)
+    state = resume(store, engine, ema, optimizer, signature, train)
+    if worker.rank == 0:   # only now: a refused resume leaves the run folder's record as it was
+        write_json_atomic(run_dir / "deepspeed_config.json", ds_config)
+    start_step = state.get("step", 0)
+    tracker = open_tracker(params, model_name, run_dir, worker)
+    if start_step == 0:
+        tracker.log_params(run_params(model_name, model, params, precision, layout, worker,
+                                      manifest))
+    else:
+        record_resume_changes(tracker, state["signature"], signature, train.resume_changes,
+                              start_step)
+    loader = make_loader(train.data, batch_size=layout.micro_batch, seed=params.seed,
+                         rank=worker.rank, world_size=worker.world_size,
+                         num_workers=train.loader_workers,
+                         start_batch=start_step * layout.accumulation)
+    return Session(
+        model_name=model_name, params=params, worker=worker, run_dir=run_dir,
+        manifest=manifest, layout=layout, device=device, precision=precision, model=model,
+        ema=ema, optimizer=optimizer, engine=engine,
+        adapter=PrecisionAdapter(engine, model_dtype(precision)),
+        diffusion=create_diffusion(timestep_respacing=""), signature=signature, store=store,
+        start_step=start_step, window=LossWindow.from_state(state.get("window")),
+        guard=DivergenceGuard.from_state(state, train.max_nonfinite_steps,
+                                         train.healthy_loss_factor),
+        tracker=tracker, emissions=open_emissions(params, run_dir, worker, device),
+        loader=loader,
+        hashes=InputHashLog(run_dir / f"input_hashes.rank{worker.rank}.txt", start_step))
+
+
+def build_engine(model_name: str, train: TrainParams, seed: int, manifest: dict,
+                 layout: BatchLayout, precision: str, device: torch.device):
+    channels, size, _ = manifest["latent_shape"]
+    torch.manual_seed(seed)  # the same initial weights for a given model, in every run
+    model = build_model(model_name, in_channels=channels, input_size=size,
+                        num_classes=manifest["num_classes"], **train.model_overrides)
+    model.set_activation_checkpointing(train.activation_checkpointing)
+    ema = create_ema(model, train.ema_decay, train.ema_warmup)
+    optimizer = FiniteAdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    ds_config = deepspeed_config(layout, precision, train.zero_stage,
+                                 train.initial_loss_scale_power)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    engine = initialize_engine(model.to(device), optimizer, ds_config)
+    ema.to(device)
+    return model, ema, optimizer, engine, ds_config
+
+
+def run_signature(model_name: str, model, params: Params, precision: str, layout: BatchLayout,
+                  worker: Worker, manifest: dict) -> dict:
+    """What a checkpoint must agree with to be resumed by this run."""
+    train = params.train
+    return {"model": model_name, "model_config": model.preset_config,
+            "precision": precision, "global_batch": layout.global_batch,
+            "micro_batch": layout.micro_batch, "world_size": worker.world_size,
+            "seed": params.seed, "lr": train.lr, "weight_decay": train.weight_decay,
+            "ema_decay": train.ema_decay, "ema_warmup": train.ema_warmup,
+            "loader_workers": train.loader_workers, "data": manifest["params_hash"]}
+
+
+def resume(store: CheckpointStore, engine, ema, optimizer: FiniteAdamW, signature: dict,
+           train: TrainParams) -> dict:
+    """The latest checkpoint's loop state ({} for a fresh run), its weights, optimiser and EMA
+    loaded. The optimiser settings are this run's: DeepSpeed restores the checkpoint's, which
+    differ when train.resume_changes let them."""
+    state = store.load(engine, ema, signature, tuple(train.resume_changes)) or {}
+    for group in optimizer.param_groups:
+        group["lr"], group["weight_decay"] = train.lr, train.weight_decay
+    return state
+
+
+def open_tracker(params: Params, model_name: str, run_dir: Path, worker: Worker) -> RunTracker:
+    return RunTracker(params.tracking.uri, params.tracking.experiment, run_dir / "tracking",
+                      run_name=model_name, parent_run_id=worker.parent_run_id,
+                      tags={"model": model_name, "family": get_preset(model_name).family},
+                      enabled=worker.rank == 0, retry_seconds=params.tracking.retry_seconds,
+                      once_per_step=True)
+
+
+def run_params(model_name: str, model, params: Params, precision: str, layout: BatchLayout,
+               worker: Worker, manifest: dict) -> dict:
+    return {"model": model_name, "model_config": model.preset_config,
+            "train": params.train.model_dump(), "seed": params.seed,
+            "precision": precision, "accumulation": layout.accumulation,
+            "world_size": worker.world_size,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "data_params_hash": manifest["params_hash"],
+            "data_encoder": manifest["encoder"], "git_commit": git_commit()}
+
+
+def record_resume_changes(tracker: RunTracker, saved: dict, signature: dict,
+                          allowed: list[str], step: int) -> None:
+    """What train.resume_changes let differ from the checkpoint, as the tag
+    ``resumed_at_step_<step>`` (MLflow keeps a parameter's first value for good)."""
+    changes = [f"{key}: {saved[key]!r} -> {signature[key]!r}" for key in allowed
+               if saved.get(key) != signature[key]]
+    if changes:
+        print(f"resuming at step {step} with {', '.join(changes)}")
+        tracker.set_tags({f"resumed_at_step_{step}": "; ".join(changes)})
+
+
+def open_emissions(params: Params, run_dir: Path, worker: Worker,
+                   device: torch.device) -> EmissionsMeter | None:
+    if worker.rank != 0:
+        return None
+    emissions = EmissionsMeter(run_dir / "emissions", params.emissions.country_iso_code,
+                               gpus=worker.world_size if device.type == "cuda" else 0,
+                               board_power_watts=params.emissions.board_power_watts,
+                               grid_g_per_kwh=params.emissions.grid_g_per_kwh)
+    emissions.start()
+    return emissions
