@@ -43,22 +43,27 @@ def mlflow_run_link(tracking_uri: str, run_id: str) -> str:
 
 
 def publish_links(params: Params, root: Path) -> list[str]:
-    """A link artifact per trained model; only a tracking server has pages to link to."""
+    """A link artifact per trained model; only a tracking server has pages to link to, and
+    one that is down gets none this time (the flow goes on)."""
+    from dice_core.tracking.mlflow_tracker import SEND_ERRORS
+
     uri = params.tracking.uri
     if not uri or not uri.startswith(("http://", "https://")):
         print("no MLflow links: tracking.uri is not a server (make ui starts one)")
         return []
-    keys = []
-    for model in params.train.models:
-        summary = read_json(root / params.train.output / model / "summary.json") or {}
-        if not summary.get("run_id"):
-            continue
-        key = f"mlflow-{model}"
-        create_link_artifact(key=key, link=mlflow_run_link(uri, summary["run_id"]),
-                             link_text=f"{model} in MLflow",
+    runs = {model: (read_json(root / params.train.output / model / "summary.json") or {})
+            .get("run_id") for model in params.train.models}
+    try:
+        links = {model: mlflow_run_link(uri, run_id) for model, run_id in runs.items()
+                 if run_id}
+    except SEND_ERRORS as error:
+        print(f"no MLflow links this time: MLflow at {uri} did not answer "
+              f"({type(error).__name__}); the next flow run adds them")
+        return []
+    for model, link in links.items():
+        create_link_artifact(key=f"mlflow-{model}", link=link, link_text=f"{model} in MLflow",
                              description=f"The MLflow run of {model}")
-        keys.append(key)
-    return keys
+    return [f"mlflow-{model}" for model in links]
 
 
 def publish(root: Path) -> list[str]:

@@ -4,6 +4,7 @@ children, a second run that trains nothing, per-model DVC dependencies, the sche
 deployment, and the failures a user meets."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -111,6 +112,24 @@ def test_the_flow_runs_every_stage_through_dvc_and_a_second_run_trains_nothing(
     assert dvc_status(tmp_path) == {}
     update_params(tmp_path / "params.yaml", overrides=["train.per_model.dice-t.lr=0.01"])
     assert set(dvc_status(tmp_path)) == {"train@dice-t", "report"}
+    # A new lr is a new run (resuming the old one is refused): start it afresh, with the
+    # tracking server down, which must not stop the flow.
+    shutil.rmtree(tmp_path / "runs" / "dice-t")
+    mlflow_server.stop()
+    third = flow_result(run([sys.executable, "-m", "pipelines.flow"], tmp_path,
+                            prefect_server.api_url).stdout)
+    assert sorted(third["ran"]) == ["evaluate@dice-t", "report", "train@dice-t"]
+    journal = tmp_path / "runs" / "dice-t" / "tracking" / "pending.jsonl"
+    assert journal.read_text().strip() and third["delivered_records"] == 0
+    mlflow_server.start()
+    flushed = run([sys.executable, "-m", "pipelines.tracking_delivery", "flush"], tmp_path)
+    assert "journalled MLflow records sent" in flushed.stdout and not journal.read_text().strip()
+    rerun = json.loads((tmp_path / "runs" / "dice-t" / "tracking" / "run.json").read_text())
+    child = client.get_run(rerun["run_id"])
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.params["train.lr"] == "0.01"
+    history = client.get_metric_history(child.info.run_id, "eval/fd_effnet")
+    assert sorted(m.step for m in history) == [1, 2]
 
 
 @pytest.mark.slow
