@@ -1,6 +1,8 @@
 """The typed schema of params.yaml: a wrong key or value fails at once, naming its path."""
 from __future__ import annotations
 
+from dice_core.errors import InputError
+
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -9,9 +11,13 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
                       model_validator)
 
+from dice_core.errors import InputError
+
 DEFAULT_PARAMS = Path("params.yaml")
 # the settings train.resume_changes may name: a run resumes with new values of these
 RESUMABLE_SETTINGS = ("lr", "weight_decay")
+# every sampler of evaluation, sampling and the benchmarks
+SAMPLERS = ("ddpm", "ddim", "dpm-solver")
 
 
 def _known_models(models: list[str]) -> list[str]:
@@ -158,7 +164,7 @@ class TrainParams(Section):
 class InTrainingEvaluation(Section):
     """What evaluations inside training change from the final one (None = the same)."""
     samples: int | None = Field(None, ge=2)
-    sampler: Literal["ddpm", "ddim", "dpm-solver"] | None = None
+    sampler: Literal[SAMPLERS] | None = None
     steps: int | None = Field(None, ge=2)
 
 
@@ -167,7 +173,7 @@ class EvaluateParams(Section):
     standalone on any checkpoint. Only the Inception network's results are called FID/sFID/IS;
     effnet is the offline EfficientNet-Lite0 feature space (fd_effnet, ...)."""
     samples: int = Field(500, ge=2)
-    sampler: Literal["ddpm", "ddim", "dpm-solver"] = "ddpm"
+    sampler: Literal[SAMPLERS] = "ddpm"
     steps: int = Field(250, ge=2)
     batch_size: int = Field(50, ge=1)
     feature_network: Literal["inception", "effnet"] = "effnet"
@@ -243,7 +249,7 @@ class Params(Section):
         return self.model_copy(update={"train": self.train.for_model(name)})
 
 
-class ParamsError(ValueError):
+class ParamsError(InputError):
     pass
 
 

@@ -16,22 +16,31 @@ def append_line(path: Path, line: str) -> None:
         os.fsync(stream.fileno())
 
 
-def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Replace ``path`` with what ``write`` puts into the stream it is given: readers see the
-    old file or the new one, never a part."""
+def replace_file(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """Replace ``path`` with the file ``write`` makes at the path it is given (for writers
+    that take a file name, such as safetensors): readers see the old file or the new one,
+    never a part."""
+    path = Path(path)
     partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as stream:
-        write(stream)
-        stream.flush()
+    write(partial)
+    with open(partial, "rb+") as stream:
         os.fsync(stream.fileno())
     os.replace(partial, path)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def replace_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Replace ``path`` with what ``write`` puts into the stream it is given."""
+    def write_file(partial: Path) -> None:
+        with open(partial, "wb") as stream:
+            write(stream)
+    replace_file(path, write_file)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     replace_atomically(path, lambda stream: stream.write(text.encode("utf-8")))
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
+def write_json_atomic(path: str | os.PathLike, payload: dict | list) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from dice_core.data import read_manifest
 from dice_core.data.autoencoder import data_identity, save_autoencoder, train_autoencoder
-from dice_core.data.encoders import pick_device
+from dice_core.devices import pick_device
+from dice_core.errors import InputError
 from dice_core.evaluation.evaluate import prepared_images
 
-from .stage_params import add_params_argument, stage_main, stage_params
+from .stage_params import add_params_argument, stage_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +46,7 @@ def adopt_pretrained(source: str, output: str) -> dict:
     encode) and saved to ``output`` in the diffusers layout."""
     from diffusers import AutoencoderKL
     if not Path(source).is_dir():
-        raise ValueError(f"autoencoder.pretrained: no folder {source}; save one with "
+        raise InputError(f"autoencoder.pretrained: no folder {source}; save one with "
                          "AutoencoderKL.from_pretrained(...).save_pretrained(FOLDER) on a "
                          "machine that has the weights, or set autoencoder.pretrained: null")
     vae = AutoencoderKL.from_pretrained(source)
@@ -55,8 +56,6 @@ def adopt_pretrained(source: str, output: str) -> dict:
     return {"pretrained": source, "scaling_factor": vae.config.scaling_factor}
 
 
-main = stage_main("autoencoder")
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipelines.cli import run_as_module   # only as a script: `dice` imports this module
+    sys.exit(run_as_module("autoencoder"))

@@ -10,11 +10,11 @@ import argparse
 import sys
 
 from dice_core.data import read_manifest
-from dice_core.data.encoders import pick_device
+from dice_core.devices import pick_device
 from dice_core.evaluation.classifier import save_classifier, train_classifier
 from dice_core.evaluation.evaluate import prepared_images
 
-from .stage_params import add_params_argument, stage_main, stage_params
+from .stage_params import add_params_argument, stage_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,8 +40,6 @@ def run(args: argparse.Namespace) -> dict:
     return meta
 
 
-main = stage_main("classifier")
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipelines.cli import run_as_module   # only as a script: `dice` imports this module
+    sys.exit(run_as_module("classifier"))

@@ -6,10 +6,9 @@ import importlib
 import sys
 import time
 
-from dice_core.config import ParamsError
+from dice_core.errors import DiceError
 from dice_core.models import get_preset, list_models
 
-from .dvc_stages import StageFailed
 from .settings import update_params
 from .stage_times import record_stage_time
 
@@ -78,17 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         args.handler(args)
         if getattr(args, "timed", False):
             record_stage_time(args, time.perf_counter() - started)
-    except (ParamsError, ValueError, StageFailed, *training_stops()) as error:
+    except DiceError as error:     # the user can fix these; anything else is a bug
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
 
 
-def training_stops() -> tuple[type[Exception], ...]:
-    """NonFiniteLoss, where training ran: importing it up front would load the whole training
-    package (2 s) into every other command."""
-    errors = sys.modules.get("dice_core.training.errors")
-    return (errors.NonFiniteLoss,) if errors else ()
+def run_as_module(command: str) -> int:
+    """``python -m pipelines.<module>`` runs exactly what ``dice <command>`` runs."""
+    return main([command, *sys.argv[1:]])
 
 
 if __name__ == "__main__":

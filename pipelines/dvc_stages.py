@@ -1,6 +1,8 @@
 """The stages of dvc.yaml in dependency order, and one stage reproduced through the DVC CLI."""
 from __future__ import annotations
 
+from dice_core.errors import DiceError
+
 import logging
 import os
 import subprocess
@@ -10,11 +12,13 @@ from pathlib import Path
 
 import yaml
 
+from dice_core.errors import DiceError
+
 # DVC's words for a lock it could not take: its process lock, and its read/write lock of paths
 LOCK_HELD = ("Unable to acquire lock", "is being blocked by")
 
 
-class StageFailed(RuntimeError):
+class StageFailed(DiceError, RuntimeError):
     pass
 
 

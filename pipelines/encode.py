@@ -12,7 +12,7 @@ import sys
 from dice_core.data.encode import encode_dataset
 from dice_core.data.encoders import load_encoder
 
-from .stage_params import add_params_argument, stage_main, stage_params
+from .stage_params import add_params_argument, stage_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +38,6 @@ def run(args: argparse.Namespace) -> dict:
     return manifest
 
 
-main = stage_main("encode")
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipelines.cli import run_as_module   # only as a script: `dice` imports this module
+    sys.exit(run_as_module("encode"))

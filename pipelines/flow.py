@@ -116,10 +116,6 @@ def run(args: argparse.Namespace) -> dict | None:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import main as dice_main
-    return dice_main(["flow", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipelines.cli import run_as_module   # only as a script: `dice` imports this module
+    sys.exit(run_as_module("flow"))

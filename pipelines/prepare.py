@@ -11,7 +11,7 @@ import sys
 from dice_core.data import open_source
 from dice_core.data.prepare import prepare_dataset
 
-from .stage_params import add_params_argument, stage_main, stage_params
+from .stage_params import add_params_argument, stage_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,8 +46,6 @@ def run(args: argparse.Namespace) -> dict:
     return manifest
 
 
-main = stage_main("prepare")
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipelines.cli import run_as_module   # only as a script: `dice` imports this module
+    sys.exit(run_as_module("prepare"))

@@ -14,7 +14,7 @@ import sys
 
 from dice_core.evaluation.evaluate import build_reference, reference_from_batch
 
-from .stage_params import add_params_argument, stage_main, stage_params
+from .stage_params import add_params_argument, stage_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +41,6 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
-main = stage_main("reference")
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipelines.cli import run_as_module   # only as a script: `dice` imports this module
+    sys.exit(run_as_module("reference"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from dice_core.config import Params
 from dice_core.data import read_latent_manifest
 from dice_core.data.autoencoder import read_metadata
 from dice_core.data.encoders import decoder_for
+from dice_core.durable import write_text_atomic
 from dice_core.evaluation.classifier import (holdout_split, load_classifier,
                                              reconstruction_accuracy)
 from dice_core.evaluation.evaluate import prepared_images, reference_identity
@@ -31,11 +33,10 @@ from dice_core.reporting.sections import (autoencoder_section, protocol_notes,
                                           ranking_section, read_stage_times,
                                           stage_times_section)
 from dice_core.reporting.tables import emissions_table, table1, table2
-from dice_core.tracking import total_emissions
-from dice_core.training.runner import parent_tracker
+from dice_core.tracking import open_pipeline_run, total_emissions
 
 from .stage_times import STAGE_TIMES
-from .stage_params import add_params_argument, stage_main, stage_params
+from .stage_params import add_params_argument, stage_params
 
 RANKED = {"fd": "FD", "is": "IS", "precision": "precision", "recall": "recall",
           "class_accuracy": "class accuracy"}
@@ -44,6 +45,37 @@ RANKED = {"fd": "FD", "is": "IS", "precision": "precision", "recall": "recall",
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_params_argument(parser, "report")
     parser.add_argument("--output", help="folder for report.md, figures, metrics and plots")
+
+
+def report_markdown(network: str, config, sections: dict, results, figures) -> str:
+    return (
+        f"# DICE vs baselines ({network} features)\n\n"
+        f"## Table 1: sample quality at the final evaluation\n\n{sections['table1']}\n\n"
+        f"## Table 2: cost (samples/s at {config.ddpm_steps} DDPM steps, batch 1, "
+        f"{config.device})\n\n{sections['table2']}\n\n"
+        f"## Ranking with 95% intervals (final evaluation)\n\n{sections['ranking']}\n\n"
+        f"## Where this run departs from the paper's protocol\n\n{sections['protocol']}\n\n"
+        f"## Autoencoder\n\n{sections['autoencoder']}\n\n"
+        f"## Emissions\n\n{sections['emissions']}\n\n"
+        f"## Stage wall times\n\n{sections['stage_times']}\n\n"
+        "Final sample grids: "
+        + ", ".join(f"[{r.model}](../eval/{r.model}/grid.png)" for r in results) + "\n\n"
+        + "".join(f"![{f.stem}]({f.name})\n\n" for f in figures))
+
+
+def write_data_files(out: Path, results, names: dict) -> None:
+    """Tables 1 and 2 as JSON (DVC metrics) and the curves as CSV (DVC plots)."""
+    write_text_atomic(out / "table1.json",
+                      json.dumps({r.model: r.final for r in results}, indent=2))
+    write_text_atomic(out / "table2.json",
+                      json.dumps({r.model: r.static for r in results}, indent=2))
+    curves = io.StringIO(newline="")
+    writer = csv.writer(curves)
+    writer.writerow(["model", "step", names["fd"], names["is"]])
+    for r in results:
+        for step, metrics in r.history:
+            writer.writerow([r.model, step, metrics.get(names["fd"]), metrics.get(names["is"])])
+    write_text_atomic(out / "curves.csv", curves.getvalue())
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -70,32 +102,17 @@ def run(args: argparse.Namespace) -> dict:
     figures = [curve(results, names["fd"], names["fd"], out / "fig11_fd_vs_step.png"),
                curve(results, names["is"], names["is"], out / "fig12_is_vs_step.png"),
                bubbles(results, names["fd"], out / "fig13_throughput_vs_fd.png")]
-    (out / "report.md").write_text(
-        f"# DICE vs baselines ({network} features)\n\n"
-        f"## Table 1: sample quality at the final evaluation\n\n{table1(results, network)}\n\n"
-        f"## Table 2: cost (samples/s at {config.ddpm_steps} DDPM steps, batch 1, "
-        f"{config.device})\n\n{table2(results)}\n\n"
-        f"## Ranking with 95% intervals (final evaluation)\n\n"
-        f"{ranking_section(intervals, RANKED, dice_models[0] if dice_models else None)}\n\n"
-        f"## Where this run departs from the paper's protocol\n\n"
-        f"{protocol_notes(params, manifest)}\n\n"
-        f"## Autoencoder\n\n{autoencoder_section(*autoencoder)}\n\n"
-        f"## Emissions\n\n{emissions_table(results, totals)}\n\n"
-        f"## Stage wall times\n\n{stage_times_section(times)}\n\n"
-        "Final sample grids: "
-        + ", ".join(f"[{r.model}](../eval/{r.model}/grid.png)" for r in results) + "\n\n"
-        + "".join(f"![{f.stem}]({f.name})\n\n" for f in figures))
-    (out / "table1.json").write_text(json.dumps({r.model: r.final for r in results}, indent=2))
-    (out / "table2.json").write_text(json.dumps({r.model: r.static for r in results}, indent=2))
-    with open(out / "curves.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["model", "step", names["fd"], names["is"]])
-        for r in results:
-            for step, metrics in r.history:
-                writer.writerow([r.model, step, metrics.get(names["fd"]),
-                                 metrics.get(names["is"])])
-
-    parent = parent_tracker(params)
+    sections = {"table1": table1(results, network), "table2": table2(results),
+                "ranking": ranking_section(intervals, RANKED,
+                                           dice_models[0] if dice_models else None),
+                "protocol": protocol_notes(params, manifest),
+                "autoencoder": autoencoder_section(*autoencoder),
+                "emissions": emissions_table(results, totals),
+                "stage_times": stage_times_section(times)}
+    write_text_atomic(out / "report.md", report_markdown(network, config, sections, results,
+                                                         figures))
+    write_data_files(out, results, names)
+    parent = open_pipeline_run(params.tracking, params.train.output)
     parent.log_metrics({f"{r.model}/{key}": value for r in results
                         for key, value in r.final.items() if isinstance(value, (int, float))}
                        | {f"total/{key}": value for key, value in totals.items()}
@@ -164,8 +181,6 @@ def autoencoder_metrics(meta, reconstruction, real) -> dict:
     return metrics
 
 
-main = stage_main("report")
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipelines.cli import run_as_module   # only as a script: `dice` imports this module
+    sys.exit(run_as_module("report"))

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -38,19 +36,16 @@ def stage_params(args: argparse.Namespace, section: str, flags: dict) -> tuple[P
     """(all params, the section with every flag that is not None applied and re-validated)."""
     params = through_running_ui(load_params(args.params))
     current = getattr(params, section)
+    return params, flags_over(type(current), current.model_dump(), flags)
+
+
+def flags_over(section_type: type, values: dict, flags: dict):
+    """A ``section_type`` of ``values`` with every flag that is not None laid over them; a
+    flag that does not validate is named as the flag."""
     given = {key: value for key, value in flags.items() if value is not None}
     try:
-        updated = type(current).model_validate({**current.model_dump(), **given})
+        return section_type.model_validate({**values, **given})
     except ValidationError as error:
         problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: "
                              f"{e['msg']}" for e in error.errors())
         raise ParamsError(problems) from None
-    return params, updated
-
-
-def stage_main(command: str) -> Callable[[list[str] | None], int]:
-    """``python -m pipelines.<stage>`` runs exactly what ``dice <stage>`` runs."""
-    def main(argv: list[str] | None = None) -> int:
-        from pipelines.cli import main as dice_main
-        return dice_main([command, *(sys.argv[1:] if argv is None else argv)])
-    return main

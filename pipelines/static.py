@@ -6,7 +6,6 @@ Reads the ``static`` section of params.yaml; command-line flags override it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -14,11 +13,11 @@ import torch
 from tqdm import tqdm
 
 from dice_core.analysis.static import StaticReport, analyze
-from dice_core.config import DEFAULT_PARAMS, load_params
-from dice_core.models import get_preset
+from dice_core.config import DEFAULT_PARAMS, StaticParams
+from dice_core.durable import write_json_atomic
 from dice_core.text_table import format_table
 
-from .stage_params import stage_main
+from .stage_params import flags_over, stage_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,18 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="count parameters and multiply-adds only")
 
 
-def settings(args: argparse.Namespace) -> dict:
-    """The params.yaml section, with the flags given on the command line laid over it."""
-    if args.models and not Path(args.params).exists():
-        section = {}
-    else:
-        section = load_params(args.params).static.model_dump()
+def settings(args: argparse.Namespace) -> StaticParams:
+    """The params.yaml section, with the flags given on the command line laid over it; with
+    --models and no params.yaml, the schema's defaults."""
     flags = {key: getattr(args, key) for key in
              ("models", "output", "device", "dtype", "batch_size", "ddpm_steps", "timed_steps")}
-    merged = {**section, **{key: value for key, value in flags.items() if value is not None}}
-    for name in merged["models"]:
-        get_preset(name)
-    return merged
+    if args.models and not Path(args.params).exists():
+        return flags_over(StaticParams, {}, flags)
+    return stage_params(args, "static", flags)[1]
 
 
 def report_table(reports: list[StaticReport]) -> str:
@@ -63,22 +58,19 @@ def report_table(reports: list[StaticReport]) -> str:
 def run(args: argparse.Namespace) -> list[StaticReport]:
     config = settings(args)
     reports = []
-    for name in tqdm(config["models"], desc="static analysis", unit="model"):
-        reports.append(analyze(name, config.get("model_overrides"), config["device"],
-                               getattr(torch, config["dtype"]), config["batch_size"],
-                               config["ddpm_steps"], config["timed_steps"],
+    for name in tqdm(config.models, desc="static analysis", unit="model"):
+        reports.append(analyze(name, config.model_overrides, config.device,
+                               getattr(torch, config.dtype), config.batch_size,
+                               config.ddpm_steps, config.timed_steps,
                                measure_throughput=not args.no_throughput))
     print(report_table(reports))
-    if config.get("output"):
-        output = Path(config["output"])
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps([r.as_dict() for r in reports], indent=2) + "\n")
-        print(f"wrote {output}")
+    if config.output:
+        Path(config.output).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(config.output, [r.as_dict() for r in reports])
+        print(f"wrote {config.output}")
     return reports
 
 
-main = stage_main("static")
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipelines.cli import run_as_module   # only as a script: `dice` imports this module
+    sys.exit(run_as_module("static"))

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from dice_core.config import load_params
 from dice_core.durable import read_json
-from dice_core.tracking.delivery import deliver_journal, journals_with_records, parent_run_id
+from dice_core.tracking import PIPELINE, pipeline_run_id
+from dice_core.tracking.delivery import deliver_journal, journals_with_records
 
 from .stage_params import through_running_ui
 
@@ -28,12 +29,12 @@ def deliver_pending(root: Path, log: logging.Logger | logging.LoggerAdapter = lo
     # the pipeline's own run first: children created now are nested under it, also when it
     # too was created while the server was down
     for state in sorted(journals_with_records(runs_root),
-                        key=lambda state: state.parent.name != "pipeline"):
+                        key=lambda state: state.parent.name != PIPELINE):
         summary = read_json(state.parent / "summary.json") or {}
         done, left = deliver_journal(state, params.tracking.uri, params.tracking.experiment,
                                      summary.get("status", "FINISHED"),
-                                     None if state.parent.name == "pipeline" else
-                                     parent_run_id(runs_root))
+                                     None if state.parent.name == PIPELINE else
+                                     pipeline_run_id(runs_root))
         sent += done
         log.info("%s: sent %d journalled MLflow records, %d still pending", state.parent.name,
                  done, left)
@@ -56,10 +57,6 @@ def run(args: argparse.Namespace) -> int:
     return sent
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import main as dice_main
-    return dice_main(["tracking", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipelines.cli import run_as_module   # only as a script: `dice` imports this module
+    sys.exit(run_as_module("tracking"))

@@ -9,10 +9,11 @@ import argparse
 import json
 import sys
 
+from dice_core.errors import InputError
 from dice_core.models import get_preset
 from dice_core.training.runner import train_models
 
-from .stage_params import add_params_argument, stage_main, stage_params
+from .stage_params import add_params_argument, stage_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +38,7 @@ def select_models(requested: list[str] | None, configured: list[str]) -> list[st
         matches = [m for m in configured if get_preset(m).family == name] or [
             get_preset(name).name]
         if len(matches) > 1:
-            raise ValueError(f"--model {name} matches {matches} in train.models; name one")
+            raise InputError(f"--model {name} matches {matches} in train.models; name one")
         chosen.extend(matches)
     return chosen
 
@@ -52,8 +53,6 @@ def run(args: argparse.Namespace) -> list[dict]:
     return summaries
 
 
-main = stage_main("train")
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipelines.cli import run_as_module   # only as a script: `dice` imports this module
+    sys.exit(run_as_module("train"))

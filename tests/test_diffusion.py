@@ -10,7 +10,8 @@ from scipy import integrate
 from scipy.stats import norm
 from torch import nn
 
-from dice_core.diffusion import (SCHEDULER_KINDS, create_diffusion,
+from dice_core.config import SAMPLERS
+from dice_core.diffusion import (create_diffusion,
                                  discretized_gaussian_log_likelihood, make_scheduler,
                                  multiscale_noise_target, normal_kl, sample_with_scheduler,
                                  space_timesteps)
@@ -317,7 +318,7 @@ def _samplers():
         "ddim_sample_loop": lambda m, g: ddim.ddim_sample_loop(m, SHAPE, generator=g),
         "ddim_eta1": lambda m, g: ddim.ddim_sample_loop(m, SHAPE, generator=g, eta=1.0),
     }
-    for kind in SCHEDULER_KINDS:
+    for kind in SAMPLERS:
         samplers[f"diffusers-{kind}"] = (
             lambda m, g, kind=kind: sample_with_scheduler(m, ddpm, kind, 10, SHAPE, generator=g))
     return samplers
@@ -354,7 +355,7 @@ def test_sampling_model_sees_original_timesteps():
 
 def test_scheduler_timesteps_are_original_indices():
     betas = create_diffusion().original_betas
-    for kind in SCHEDULER_KINDS:
+    for kind in SAMPLERS:
         timesteps = make_scheduler(kind, betas, 25).timesteps
         assert timesteps.dtype == torch.int64 and len(timesteps) == 25
         assert timesteps.min() >= 0 and timesteps.max() <= 999

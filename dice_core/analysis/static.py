@@ -16,6 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dice_core.diffusion import create_diffusion
+from dice_core.errors import InputError
 from dice_core.models import build_model, get_preset
 from dice_core.models.layers import AttentionCore
 
@@ -95,7 +96,7 @@ def sampling_throughput(model: torch.nn.Module, device: str, dtype: torch.dtype,
     """
     timed = min(timed_steps or ddpm_steps, ddpm_steps)
     if timed < 2:
-        raise ValueError(f"sampling needs at least 2 DDPM steps to time, got {timed}")
+        raise InputError(f"sampling needs at least 2 DDPM steps to time, got {timed}")
     model = model.to(device=device, dtype=dtype).eval()
     x, _, y = example_inputs(model, batch_size, device)
     generator = torch.Generator(device="cpu").manual_seed(0)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from dice_core.devices import pick_device
+
 from .autoencoder import check_made_for, data_identity, image_tensor, read_metadata
 from .errors import DataError
 
@@ -119,12 +121,6 @@ def _looks_local(source: str) -> bool:
     """A path rather than a hub id ('owner/name'): absolute, relative or a single name."""
     return (source.startswith((".", "/", "~")) or source.count("/") != 1
             or Path(source).parent.is_dir() and Path(source).parent != Path("."))
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def load_encoder(name: str, vae: str = DEFAULT_VAE, device: str = "auto"):

@@ -1,7 +1,7 @@
 """Gaussian diffusion as in IDDPM/ADM/DiT, plus few-step samplers from diffusers."""
 from __future__ import annotations
 
-from .fast_samplers import SCHEDULER_KINDS, make_scheduler, sample_with_scheduler
+from .fast_samplers import make_scheduler, sample_with_scheduler
 from .gaussian_diffusion import GaussianDiffusion, standard_normal
 from .losses import (discretized_gaussian_log_likelihood, mean_flat, multiscale_noise_target,
                      normal_kl)
@@ -23,7 +23,7 @@ def create_diffusion(timestep_respacing: str | int | None = None, diffusion_step
 
 
 __all__ = [
-    "GaussianDiffusion", "SCHEDULER_KINDS", "create_diffusion",
+    "GaussianDiffusion", "create_diffusion",
     "discretized_gaussian_log_likelihood", "make_scheduler", "mean_flat",
     "multiscale_noise_target", "named_betas", "normal_kl", "respace_betas",
     "sample_with_scheduler", "space_timesteps", "standard_normal",

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from dice_core.config import SAMPLERS
+
 from .gaussian_diffusion import GaussianDiffusion, check_model_output, initial_noise
 from .schedule import space_timesteps
 
-SCHEDULER_KINDS = ("ddim", "dpm-solver", "ddpm")
 
 
 def make_scheduler(kind: str, betas: np.ndarray, num_steps: int):
@@ -47,7 +48,7 @@ def make_scheduler(kind: str, betas: np.ndarray, num_steps: int):
         kept = space_timesteps(len(betas), num_steps)
         scheduler.set_timesteps(timesteps=kept[::-1])
     else:
-        raise ValueError(f"unknown sampler {kind!r}; choose one of {SCHEDULER_KINDS}")
+        raise ValueError(f"unknown sampler {kind!r}; choose one of {SAMPLERS}")
     return scheduler
 
 

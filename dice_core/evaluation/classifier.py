@@ -3,7 +3,6 @@ look like y? Its held-out accuracy on real images says how far to trust that sco
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from dice_core.durable import replace_file, write_json_atomic
 from dice_core.metrics.network_io import to_rgb_nchw
 from dice_core.seeding import seeded_generator
 
@@ -85,11 +85,10 @@ def save_classifier(model: SmallClassifier, path: str | Path, meta: dict) -> Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {**meta, "num_classes": model.head.out_features, "input_size": model.input_size}
-    partial = path.with_name(path.name + ".partial")
-    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(partial),
-              metadata={"meta": json.dumps(meta)})
-    os.replace(partial, path)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    tensors = {k: v.contiguous().cpu() for k, v in model.state_dict().items()}
+    replace_file(path, lambda partial: save_file(tensors, str(partial),
+                                                 metadata={"meta": json.dumps(meta)}))
+    write_json_atomic(path.with_suffix(".json"), meta)
 
 
 def load_classifier(path: str | Path, device: torch.device) -> tuple[SmallClassifier, dict]:

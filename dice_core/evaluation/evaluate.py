@@ -11,8 +11,10 @@ from PIL import Image
 
 from dice_core.config import EvaluateParams
 from dice_core.data import read_manifest, read_shard
-from dice_core.data.encoders import decoder_for, pick_device
+from dice_core.data.encoders import decoder_for
+from dice_core.devices import pick_device
 from dice_core.durable import replace_atomically, write_text_atomic
+from dice_core.errors import InputError
 from dice_core.metrics import (compute_metrics, extract_features, load_effnet_lite0,
                                load_fid_inception, load_reference, save_reference)
 from dice_core.metrics.reference import ADM_ORIGIN, adm_batch_images
@@ -44,7 +46,7 @@ def prepared_images(prepared_dir: str | Path, split: str) -> tuple[np.ndarray, n
                if record["split"] == split
                for _, label, arrays in read_shard(prepared_dir / record["name"], record)]
     if not samples:
-        raise ValueError(f"{prepared_dir} has no '{split}' images; check prepare.splits")
+        raise InputError(f"{prepared_dir} has no '{split}' images; check prepare.splits")
     return np.stack([s[0] for s in samples]), np.array([s[1] for s in samples], np.int64)
 
 
@@ -63,12 +65,12 @@ def reference_from_batch(config: EvaluateParams) -> dict:
     statistics as they are, with the Inception pool features of its ``arr_0`` images for
     precision/recall, and what it was made for (ImageNet at the images' resolution)."""
     if config.feature_network != "inception":
-        raise ValueError(f"the ADM reference batch {config.reference_batch} holds Inception "
+        raise InputError(f"the ADM reference batch {config.reference_batch} holds Inception "
                          "statistics: set evaluate.feature_network to inception "
                          "(--feature-network inception)")
     statistics, meta = load_reference(config.reference_batch, expected={})
     if meta.get("origin") != ADM_ORIGIN:
-        raise ValueError(f"{config.reference_batch} is not an ADM reference batch (mu, sigma, "
+        raise InputError(f"{config.reference_batch} is not an ADM reference batch (mu, sigma, "
                          "mu_s, sigma_s and arr_0 images); point evaluate.reference_batch to one")
     images = adm_batch_images(config.reference_batch)
     pool = extract_features(feature_network(config), images, config.batch_size).pool
@@ -95,7 +97,7 @@ class Evaluator:
             self.classifier, self.classifier_meta = load_classifier(
                 config.classifier, pick_device(config.device))
             if self.classifier_meta["num_classes"] != latents_manifest["num_classes"]:
-                raise ValueError(
+                raise InputError(
                     f"the classifier {config.classifier} knows "
                     f"{self.classifier_meta['num_classes']} classes, the data "
                     f"{latents_manifest['num_classes']}; retrain it (dvc repro classifier)")

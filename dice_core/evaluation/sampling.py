@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dice_core.config import SAMPLERS
 from dice_core.diffusion import create_diffusion, sample_with_scheduler
 from dice_core.seeding import EVAL_SAMPLES, seeded_generator
 
-SAMPLERS = ("ddpm", "ddim", "dpm-solver")
 
 
 def fixed_labels(count: int, num_classes: int) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """The error types of the metrics layer: each one a problem the user must fix."""
+from dice_core.errors import InputError
 
 
-class MetricsError(ValueError):
+class MetricsError(InputError):
     """Base of the metrics errors; the message says what is wrong and what to do."""
 
 

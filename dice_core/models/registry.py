@@ -9,6 +9,8 @@ from typing import Any
 
 from torch import nn
 
+from dice_core.errors import InputError
+
 # Overrides every preset accepts, whatever its family.
 COMMON_OVERRIDES = ("in_channels", "input_size", "num_classes", "class_dropout_prob")
 
@@ -41,7 +43,7 @@ def get_preset(name: str) -> Preset:
     try:
         return _PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; valid models are: "
+        raise InputError(f"unknown model {name!r}; valid models are: "
                          f"{', '.join(list_models())}") from None
 
 
@@ -64,7 +66,9 @@ def build_model(name: str, **overrides: Any) -> nn.Module:
     try:
         model = preset.builder(**config)
     except TypeError as error:
-        raise ValueError(f"model {name!r} does not accept these overrides: {error}") from None
+        raise InputError(f"model {name!r} does not accept these overrides: {error}") from None
+    except ValueError as error:    # the builder's own check of a setting
+        raise InputError(f"model {name!r} cannot be built with {overrides}: {error}") from None
     model.preset_name = name
     model.preset_config = config
     return model

@@ -10,6 +10,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dice_core.durable import replace_file
+from dice_core.errors import InputError
+
 from .registry import build_model
 
 
@@ -26,9 +29,7 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> None:
     tensors = {name: tensor.detach().contiguous().cpu()
                for name, tensor in model.state_dict().items()}
     metadata = {"preset": preset, "config": json.dumps(model.preset_config, sort_keys=True)}
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata=metadata)
-    os.replace(partial, path)
+    replace_file(path, lambda partial: save_file(tensors, str(partial), metadata=metadata))
 
 
 def read_metadata(path: str | os.PathLike) -> tuple[str, dict]:
@@ -36,10 +37,10 @@ def read_metadata(path: str | os.PathLike) -> tuple[str, dict]:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except SafetensorError as error:
-        raise ValueError(f"{path} is not a readable safetensors file ({error}): it is damaged "
+        raise InputError(f"{path} is not a readable safetensors file ({error}): it is damaged "
                          "or something else; train again or pass another file") from None
     if "preset" not in metadata or "config" not in metadata:
-        raise ValueError(f"{path} was not written by save_model: it names no preset/config")
+        raise InputError(f"{path} was not written by save_model: it names no preset/config")
     return metadata["preset"], json.loads(metadata["config"])
 
 
@@ -50,7 +51,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
     try:
         weights = load_file(str(path), device="cpu")
     except SafetensorError as error:
-        raise ValueError(f"{path} is damaged ({error}): train again or pass another file"
+        raise InputError(f"{path} is damaged ({error}): train again or pass another file"
                          ) from None
     model.load_state_dict(weights)
     return model.to(device)

@@ -8,15 +8,19 @@ from .emissions import (
     total_emissions,
 )
 from .mlflow_tracker import RunTracker, flatten_params, open_parent_run
+from .pipeline_run import PIPELINE, open_pipeline_run, pipeline_run_id
 
 __all__ = [
     "EMISSIONS_METRIC_NAMES",
     "EmissionsMeter",
     "PAPER_BOARD_POWER_WATTS",
     "PAPER_GRID_G_PER_KWH",
+    "PIPELINE",
     "RunTracker",
     "flatten_params",
     "open_parent_run",
+    "open_pipeline_run",
     "paper_estimate_kg",
+    "pipeline_run_id",
     "total_emissions",
 ]

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dice_core.durable import read_json
-
 from .journal import Journal
-from .mlflow_tracker import RUN_FILE, RunTracker
+from .mlflow_tracker import RunTracker
 
 
 def journals_with_records(runs_root: str | Path) -> list[Path]:
@@ -28,7 +26,3 @@ def deliver_journal(state_dir: Path, tracking_uri: str | None, experiment: str,
     tracker.close(status)
     left = len(Journal(state_dir).records)
     return before - left, left
-
-
-def parent_run_id(runs_root: str | Path) -> str | None:
-    return (read_json(Path(runs_root) / "pipeline" / "tracking" / RUN_FILE) or {}).get("run_id")

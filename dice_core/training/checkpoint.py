@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
+from dice_core.errors import InputError
 from dice_core.config import RESUMABLE_SETTINGS
 from dice_core.durable import write_json_atomic
 from dice_core.models import builder_defaults
@@ -30,7 +31,7 @@ STATE_FILE = "state.json"
 DIVERGED = "diverged"
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(InputError):
     pass
 
 
@@ -167,7 +168,8 @@ class CheckpointStore:
                                            load_optimizer_states=True,
                                            load_lr_scheduler_states=False)
         if loaded is None:
-            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {folder}")
+            raise CheckpointMismatch(f"DeepSpeed could not load the checkpoint in {folder}: "
+                                     f"delete {self.folder.parent} to start afresh")
         ema.module.load_state_dict(load_file(str(folder / EMA_FILE)))
         ema.n_averaged.fill_(state["ema_updates"])
         return state

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from dice_core.errors import InputError
+
 from .layout import BatchLayout
 
 
@@ -16,7 +18,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision = fp16 needs a GPU (DeepSpeed refuses fp16 on a "
+        raise InputError("train.precision = fp16 needs a GPU (DeepSpeed refuses fp16 on a "
                          "CPU); use bf16 or fp32 here")
     return precision
 

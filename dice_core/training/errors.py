@@ -1,5 +1,6 @@
 """Why a training run stops on purpose."""
+from dice_core.errors import DiceError
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(DiceError, RuntimeError):
     """Too many optimiser steps in a row were skipped for a non-finite loss or gradient."""

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dice_core.errors import InputError
+
 
 @dataclass(frozen=True)
 class BatchLayout:
@@ -15,12 +17,12 @@ class BatchLayout:
 def batch_layout(global_batch: int, micro_batch: int | None, world_size: int) -> BatchLayout:
     """Checks the combination before any work starts; ``micro_batch`` None = no accumulation."""
     if global_batch % world_size:
-        raise ValueError(f"train.global_batch = {global_batch} does not split over "
+        raise InputError(f"train.global_batch = {global_batch} does not split over "
                          f"{world_size} workers; choose a multiple of train.workers")
     per_worker = global_batch // world_size
     micro = per_worker if micro_batch is None else micro_batch
     if per_worker % micro:
-        raise ValueError(f"train.micro_batch = {micro} does not divide the {per_worker} samples "
+        raise InputError(f"train.micro_batch = {micro} does not divide the {per_worker} samples "
                          f"each of {world_size} workers gets per step (train.global_batch = "
                          f"{global_batch}); choose a divisor of {per_worker}")
     return BatchLayout(global_batch, micro, per_worker // micro, world_size)

@@ -7,14 +7,18 @@ folder is on storage every worker sees).
 """
 from __future__ import annotations
 
+from dice_core.errors import InputError
+
 import fcntl
 import os
 from pathlib import Path
 
+from dice_core.errors import InputError
+
 LOCK_FILE = ".lock"
 
 
-class RunFolderInUse(ValueError):
+class RunFolderInUse(InputError):
     pass
 
 

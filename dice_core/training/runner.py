@@ -7,20 +7,14 @@ from pathlib import Path
 
 from dice_core.config import Params
 from dice_core.data import check_lanes, read_latent_manifest
-from dice_core.data.encoders import pick_device
-from dice_core.tracking import RunTracker, open_parent_run, total_emissions
+from dice_core.devices import pick_device
+from dice_core.errors import InputError
+from dice_core.tracking import open_pipeline_run, total_emissions
 
 from .engine import resolve_precision
 from .layout import batch_layout
 from .loop import train_model
 from .session import Worker
-
-
-def parent_tracker(params: Params) -> RunTracker:
-    return open_parent_run(params.tracking.uri, params.tracking.experiment,
-                           Path(params.train.output) / "pipeline" / "tracking",
-                           run_name="pipeline", tags={"kind": "pipeline"},
-                           retry_seconds=params.tracking.retry_seconds)
 
 
 def preflight(params: Params) -> None:
@@ -29,7 +23,7 @@ def preflight(params: Params) -> None:
     batch_layout(train.global_batch, train.micro_batch, train.workers)
     resolve_precision(train.precision, pick_device(train.device))
     if train.backend == "local" and train.workers != 1:
-        raise ValueError("train.workers > 1 needs train.backend: ray")
+        raise InputError("train.workers > 1 needs train.backend: ray")
     read_latent_manifest(train.data)
     check_lanes(train.data, train.workers, train.loader_workers)
 
@@ -37,7 +31,7 @@ def preflight(params: Params) -> None:
 def train_models(params: Params, models: list[str]) -> list[dict]:
     preflight(params)
     train = params.train
-    parent = parent_tracker(params)
+    parent = open_pipeline_run(params.tracking, train.output)
     summaries = []
     status = "FAILED"       # a child that fails fails its parent; a later run that
     try:                    # finishes them all marks the parent finished again

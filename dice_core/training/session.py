@@ -11,7 +11,7 @@ import torch
 
 from dice_core.config import Params, TrainParams
 from dice_core.data import make_loader, read_latent_manifest
-from dice_core.data.encoders import pick_device
+from dice_core.devices import pick_device
 from dice_core.diffusion import create_diffusion
 from dice_core.durable import write_json_atomic
 from dice_core.ema import create_ema
