@@ -5,7 +5,6 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-EMA_DECAY = 0.9999
 
 
 def warmed_up_decay(decay: float, num_averaged: int) -> float:
@@ -30,7 +29,7 @@ def _ema_update(decay: float, warmup: bool):
     return update
 
 
-def create_ema(model: nn.Module, decay: float = EMA_DECAY, warmup: bool = False
+def create_ema(model: nn.Module, decay: float, warmup: bool
                ) -> AveragedModel:
     """A frozen copy of ``model`` whose ``update_parameters(model)`` moves it towards the
     model as ``ema = decay * ema + (1 - decay) * weights`` (with ``warmup``, the decay of

@@ -17,7 +17,7 @@ from dice_core.config import DEFAULT_PARAMS, StaticParams
 from dice_core.durable import write_json_atomic
 from dice_core.text_table import format_table
 
-from .stage_params import flags_over, stage_params
+from .stage_params import stage_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,12 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings(args: argparse.Namespace) -> StaticParams:
-    """The params.yaml section, with the flags given on the command line laid over it; with
-    --models and no params.yaml, the schema's defaults."""
+    """The params.yaml section, with the flags given on the command line laid over it."""
     flags = {key: getattr(args, key) for key in
              ("models", "output", "device", "dtype", "batch_size", "ddpm_steps", "timed_steps")}
-    if args.models and not Path(args.params).exists():
-        return flags_over(StaticParams, {}, flags)
     return stage_params(args, "static", flags)[1]
 
 

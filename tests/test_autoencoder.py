@@ -1,19 +1,21 @@
 """The embedded latent space: the autoencoder stage, its folder, and what refuses it."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dice_core.config import AutoencoderParams
+from dice_core.config import load_params
 from dice_core.data import DataError, Shapes, VAEEncoder, encode_dataset, prepare_dataset
 from dice_core.data import read_manifest
 from dice_core.data.autoencoder import (data_identity, image_tensor, read_metadata,
                                         save_autoencoder, train_autoencoder)
 from dice_core.data.encoders import decoder_for
 
-TINY = AutoencoderParams(block_out_channels=[8, 16], steps=4, batch_size=8, holdout=8,
-                         device="cpu")
+PROJECT = Path(__file__).resolve().parents[1]
+TINY = load_params(PROJECT / "params.yaml").autoencoder.model_copy(update=dict(
+    block_out_channels=[8, 16], steps=4, batch_size=8, holdout=8, device="cpu"))
 
 
 def grey_images(count=40, size=16, seed=0):

@@ -42,6 +42,31 @@ def test_unknown_model_name_lists_the_valid_ones(tmp_path):
         load_params(path)
 
 
+def test_a_key_missing_from_params_yaml_is_an_error_naming_it(tmp_path):
+    path = write_params(tmp_path, lambda raw: raw["train"].pop("eval_every"))
+    with pytest.raises(ParamsError, match=r"train\.eval_every.*[Ff]ield required"):
+        load_params(path)
+
+
+def test_params_yaml_is_the_one_place_a_value_is_chosen():
+    """No schema field that params.yaml sets has a default of its own (which could differ)."""
+    from pydantic import BaseModel
+
+    from dice_core.config import Params
+
+    def defaults(section: type, values: dict, path: str) -> list[str]:
+        found = []
+        for name, field in section.model_fields.items():
+            if name in values and not field.is_required():
+                found.append(path + name)
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel) and \
+                    isinstance(values.get(name), dict):
+                found += defaults(kind, values[name], f"{path}{name}.")
+        return found
+    assert defaults(Params, yaml.safe_load(PROJECT_PARAMS.read_text()), "") == []
+
+
 def test_missing_or_broken_file_says_what_to_do(tmp_path):
     with pytest.raises(ParamsError, match="not found: run from the project root"):
         load_params(tmp_path / "nope.yaml")

@@ -10,7 +10,7 @@ from helpers import model_inputs, train_then_gradients
 
 def test_ema_first_update_copies_then_follows_the_decay_formula():
     model = build_model("dice-t")
-    ema = create_ema(model, decay=0.9)
+    ema = create_ema(model, decay=0.9, warmup=False)
     ema.update_parameters(model)
     for averaged, live in zip(ema.module.parameters(), model.parameters()):
         torch.testing.assert_close(averaged, live)
@@ -41,7 +41,7 @@ def test_ema_warm_up_follows_min_decay_one_plus_n_over_ten_plus_n():
 def test_ema_without_warm_up_is_torchs_own_update_bit_for_bit():
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     model = build_model("dit-t", input_size=8, in_channels=1, num_classes=2)
-    ours = create_ema(model, decay=0.99)
+    ours = create_ema(model, decay=0.99, warmup=False)
     torchs = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.99), use_buffers=True)
     for _ in range(3):
         train_then_gradients(model, 1)
@@ -53,7 +53,7 @@ def test_ema_without_warm_up_is_torchs_own_update_bit_for_bit():
 
 def test_ema_decay_must_be_below_one():
     with pytest.raises(ValueError, match="decay"):
-        create_ema(build_model("dice-t"), decay=1.0)
+        create_ema(build_model("dice-t"), decay=1.0, warmup=False)
 
 
 @pytest.mark.parametrize("name", ["dice-t", "dit-t", "dimr-t"])
@@ -80,7 +80,7 @@ def test_loading_a_foreign_safetensors_file_is_refused(tmp_path):
 
 def test_ema_stays_float32_and_moves_when_the_model_trains_in_bfloat16():
     model = torch.nn.Linear(4, 4)
-    ema = create_ema(model, decay=0.9999)
+    ema = create_ema(model, decay=0.9999, warmup=False)
     ema.update_parameters(model)
     model.bfloat16()
     with torch.no_grad():

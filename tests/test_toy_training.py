@@ -32,7 +32,7 @@ def trained():
     torch.manual_seed(0)
     model = build_model("dice-t", in_channels=1, input_size=SIZE, num_classes=2)
     diffusion = create_diffusion()
-    ema = create_ema(model, decay=0.97)   # a horizon of ~30 of the 150 steps
+    ema = create_ema(model, decay=0.97, warmup=False)   # a horizon of ~30 of the 150 steps
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0)
     generator = torch.Generator().manual_seed(1)
     before = fixed_loss(model, diffusion)

@@ -16,7 +16,6 @@ from dice_core.devices import pick_device
 from .autoencoder import check_made_for, data_identity, image_tensor, read_metadata
 from .errors import DataError
 
-DEFAULT_VAE = "stabilityai/sd-vae-ft-ema"
 
 
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
@@ -123,7 +122,7 @@ def _looks_local(source: str) -> bool:
             or Path(source).parent.is_dir() and Path(source).parent != Path("."))
 
 
-def load_encoder(name: str, vae: str = DEFAULT_VAE, device: str = "auto"):
+def load_encoder(name: str, vae: str, device: str):
     """``pixels`` or ``vae`` (then ``vae`` is a hub id or a local folder)."""
     if name == "pixels":
         return PixelEncoder(pick_device(device))

@@ -1,8 +1,6 @@
 """Experiment tracking: MLflow runs that survive an unreachable server, and emissions."""
 from .emissions import (
     METRIC_NAMES as EMISSIONS_METRIC_NAMES,
-    PAPER_BOARD_POWER_WATTS,
-    PAPER_GRID_G_PER_KWH,
     EmissionsMeter,
     paper_estimate_kg,
     total_emissions,
@@ -13,8 +11,6 @@ from .pipeline_run import PIPELINE, open_pipeline_run, pipeline_run_id
 __all__ = [
     "EMISSIONS_METRIC_NAMES",
     "EmissionsMeter",
-    "PAPER_BOARD_POWER_WATTS",
-    "PAPER_GRID_G_PER_KWH",
     "PIPELINE",
     "RunTracker",
     "flatten_params",

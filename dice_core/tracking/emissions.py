@@ -13,8 +13,6 @@ from codecarbon.output import BaseOutput, EmissionsData
 
 from dice_core.durable import read_json, write_json_atomic
 
-PAPER_BOARD_POWER_WATTS = 350.0
-PAPER_GRID_G_PER_KWH = 560.0
 EMISSIONS_FILE = "emissions.json"
 
 CODECARBON_KG = "emissions/codecarbon_kg"
@@ -25,13 +23,12 @@ WALL_HOURS = "emissions/wall_hours"
 METRIC_NAMES = (CODECARBON_KG, CODECARBON_KWH, PAPER_ESTIMATE_KG, DEVICE_HOURS, WALL_HOURS)
 
 
-def paper_estimate_kg(gpu_hours: float, board_power_watts: float = PAPER_BOARD_POWER_WATTS,
-                      grid_g_per_kwh: float = PAPER_GRID_G_PER_KWH) -> float:
+def paper_estimate_kg(gpu_hours: float, board_power_watts: float, grid_g_per_kwh: float) -> float:
     """kg of CO2 as the DICE paper estimates it: GPU-hours x board power x grid intensity.
 
     The paper states only its inputs' product: "approximately 200 GPU hours" on one RTX 3090
-    "equates to an equivalent 39.2 kg of CO2", 0.196 kg per GPU-hour. The defaults, 350 W (the
-    RTX 3090's board power) and 560 g CO2 per kWh, reproduce it exactly:
+    "equates to an equivalent 39.2 kg of CO2", 0.196 kg per GPU-hour. 350 W (the RTX 3090's board
+    power) and 560 g CO2 per kWh (params.yaml's emissions section) reproduce it exactly:
     200 h x 0.35 kW x 0.56 kg/kWh = 39.2 kg.
     """
     return gpu_hours * (board_power_watts / 1000.0) * (grid_g_per_kwh / 1000.0)
@@ -75,8 +72,8 @@ class EmissionsMeter:
     """
 
     def __init__(self, state_dir: str | os.PathLike, country_iso_code: str, *, gpus: int,
-                 board_power_watts: float = PAPER_BOARD_POWER_WATTS,
-                 grid_g_per_kwh: float = PAPER_GRID_G_PER_KWH, measure_power_secs: float = 15.0):
+                 board_power_watts: float, grid_g_per_kwh: float,
+                 measure_power_secs: float = 15.0):
         if gpus < 0:
             raise ValueError(f"gpus must be 0 or more, not {gpus}")
         self.state_dir = Path(state_dir)
