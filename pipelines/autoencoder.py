@@ -10,11 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from dice_core.data import read_manifest
+from dice_core.data import prepared_images, read_manifest
 from dice_core.data.autoencoder import data_identity, save_autoencoder, train_autoencoder
 from dice_core.devices import pick_device
 from dice_core.errors import InputError
-from dice_core.evaluation.evaluate import prepared_images
 
 from .stage_params import add_params_argument, stage_params
 

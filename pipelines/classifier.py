@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dice_core.data import read_manifest
+from dice_core.data import prepared_images, read_manifest
 from dice_core.devices import pick_device
 from dice_core.evaluation.classifier import save_classifier, train_classifier
-from dice_core.evaluation.evaluate import prepared_images
 
 from .stage_params import add_params_argument, stage_params
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dice_core.evaluation.evaluate import build_reference, reference_from_batch
+from dice_core.evaluation.reference import build_reference, reference_from_batch
 
 from .stage_params import add_params_argument, stage_params
 

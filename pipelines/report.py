@@ -17,13 +17,13 @@ import torch
 
 from dice_core.analysis.static import analyze
 from dice_core.config import Params
-from dice_core.data import read_latent_manifest
+from dice_core.data import prepared_images, read_latent_manifest
 from dice_core.data.autoencoder import read_metadata
 from dice_core.data.encoders import decoder_for
 from dice_core.durable import write_text_atomic
 from dice_core.evaluation.classifier import (holdout_split, load_classifier,
                                              reconstruction_accuracy)
-from dice_core.evaluation.evaluate import prepared_images, reference_identity
+from dice_core.evaluation.reference import reference_identity
 from dice_core.metrics import load_reference, metric_names
 from dice_core.models import get_preset
 from dice_core.reporting.collect import collect

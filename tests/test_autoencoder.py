@@ -35,7 +35,7 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def autoencoder_dir(tmp_path_factory, prepared):
-    from dice_core.evaluation.evaluate import prepared_images
+    from dice_core.data import prepared_images
     images, _ = prepared_images(prepared, "train")
     vae, stats = train_autoencoder(images, TINY, seed=0, progress=False)
     folder = tmp_path_factory.mktemp("autoencoder")

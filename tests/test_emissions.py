@@ -37,7 +37,8 @@ def codecarbon_records():
 
 
 def test_paper_estimate_reproduces_the_papers_figure():
-    assert paper_estimate_kg(200, **RTX_3090) == pytest.approx(39.2)  # 200 RTX 3090 hours, the paper's total
+    # 200 RTX 3090 hours, the paper's total
+    assert paper_estimate_kg(200, **RTX_3090) == pytest.approx(39.2)
     assert paper_estimate_kg(1, **RTX_3090) == pytest.approx(0.196)
     assert paper_estimate_kg(10, board_power_watts=700, grid_g_per_kwh=100) == pytest.approx(0.7)
     assert paper_estimate_kg(0, **RTX_3090) == 0
@@ -67,7 +68,8 @@ def test_meter_measures_quietly_and_accumulates_over_sessions(tmp_path, codecarb
     hours = after_first["emissions/wall_hours"]
     assert hours > at_checkpoint["emissions/wall_hours"] > 0
     assert after_first["emissions/device_hours"] == pytest.approx(2 * hours)
-    assert after_first["emissions/paper_estimate_kg"] == pytest.approx(paper_estimate_kg(2 * hours, **RTX_3090))
+    assert after_first["emissions/paper_estimate_kg"] == \
+        pytest.approx(paper_estimate_kg(2 * hours, **RTX_3090))
     saved = json.loads((tmp_path / "emissions.json").read_text())
     assert saved["totals"] == after_first and saved["country_iso_code"] == "FRA"
 

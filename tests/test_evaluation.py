@@ -11,7 +11,8 @@ from mlflow.tracking import MlflowClient
 from dice_core.config import Params
 from dice_core.data import read_manifest, seal_manifest
 from dice_core.data.encoders import decoder_for
-from dice_core.evaluation.evaluate import build_reference, evaluate_model
+from dice_core.evaluation.evaluate import evaluate_model
+from dice_core.evaluation.reference import build_reference
 from dice_core.evaluation.sampling import sample_images
 from dice_core.metrics import (FID_WEIGHTS_FILE, ReferenceMismatchError,
                                frechet_distance_to_features, load_reference, precision_recall)
@@ -269,7 +270,7 @@ def test_the_classifier_learns_the_real_classes_and_scores_the_samples(tmp_path,
                                                                        reference,
                                                                        mlflow_server):
     from dice_core.evaluation.classifier import class_accuracy, load_classifier
-    from dice_core.evaluation.evaluate import prepared_images
+    from dice_core.data import prepared_images
     raw = eval_params(tmp_path, data, mlflow_server.uri)
     raw["evaluate"]["classifier"] = raw["classifier"]["output"]
     params_file = tmp_path / "params.yaml"

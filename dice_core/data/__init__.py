@@ -7,6 +7,7 @@ from .fashion_mnist import FashionMNIST
 from .imagenet import ImageNetFolder
 from .loader import LatentBatch, LatentShards, check_lanes, make_loader, read_latent_manifest
 from .prepare import prepare_dataset
+from .prepared import prepared_images
 from .preprocess import center_crop_resize
 from .shapes import Shapes
 from .shards import read_manifest, read_shard, seal_manifest
@@ -32,6 +33,7 @@ __all__ = [
     "make_loader",
     "open_source",
     "prepare_dataset",
+    "prepared_images",
     "read_latent_manifest",
     "read_manifest",
     "read_shard",

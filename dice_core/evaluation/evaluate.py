@@ -1,81 +1,24 @@
-"""Reference statistics of the real images, and the evaluation of a model against them:
-samples (ADM-format .npz and a grid PNG) and ADM's metrics in the chosen feature network."""
+"""The evaluation of a model against the reference: samples (ADM-format .npz and a grid PNG)
+and ADM's metrics in the chosen feature network."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from dice_core.config import EvaluateParams
-from dice_core.data import read_manifest, read_shard
 from dice_core.data.encoders import decoder_for
 from dice_core.devices import pick_device
 from dice_core.durable import replace_atomically, write_text_atomic
 from dice_core.errors import InputError
-from dice_core.metrics import (compute_metrics, extract_features, load_effnet_lite0,
-                               load_fid_inception, load_reference, save_reference)
-from dice_core.metrics.reference import ADM_ORIGIN, adm_batch_images
+from dice_core.metrics import compute_metrics, extract_features, load_reference
 from dice_core.metrics.report import NO_REFERENCE_ROWS
 
 from .classifier import load_classifier, predict
+from .reference import feature_network, reference_identity
 from .sampling import fixed_labels, image_grid, sample_images
-
-
-def feature_network(config: EvaluateParams):
-    device = pick_device(config.device)
-    if config.feature_network == "inception":
-        return load_fid_inception(config.inception_weights, device)
-    return load_effnet_lite0(device)
-
-
-def reference_identity(latents_manifest: dict, network: str) -> dict:
-    """What a reference must have been made for: the network, the image size, the data and
-    the encoder whose decoded samples will be compared with it."""
-    return {"network": network, "resolution": latents_manifest["resolution"],
-            "source": latents_manifest["source"], "encoder": latents_manifest["encoder"]}
-
-
-def prepared_images(prepared_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """All prepared images of ``split`` (uint8 NHWC) and their labels."""
-    prepared_dir = Path(prepared_dir)
-    manifest = read_manifest(prepared_dir)
-    samples = [(arrays["image"], label) for record in manifest["shards"]
-               if record["split"] == split
-               for _, label, arrays in read_shard(prepared_dir / record["name"], record)]
-    if not samples:
-        raise InputError(f"{prepared_dir} has no '{split}' images; check prepare.splits")
-    return np.stack([s[0] for s in samples]), np.array([s[1] for s in samples], np.int64)
-
-
-def build_reference(config: EvaluateParams, prepared_dir: str | Path,
-                    latents_dir: str | Path) -> dict:
-    """Features of the real (prepared) images, saved with the identity evaluations check."""
-    images, _ = prepared_images(prepared_dir, config.reference_split)
-    features = extract_features(feature_network(config), images, config.batch_size)
-    meta = reference_identity(read_manifest(latents_dir), config.feature_network)
-    save_reference(config.reference, features, meta)
-    return {**meta, "count": len(images)}
-
-
-def reference_from_batch(config: EvaluateParams) -> dict:
-    """Our reference made once from the OpenAI ADM batch ``config.reference_batch``: its
-    statistics as they are, with the Inception pool features of its ``arr_0`` images for
-    precision/recall, and what it was made for (ImageNet at the images' resolution)."""
-    if config.feature_network != "inception":
-        raise InputError(f"the ADM reference batch {config.reference_batch} holds Inception "
-                         "statistics: set evaluate.feature_network to inception "
-                         "(--feature-network inception)")
-    statistics, meta = load_reference(config.reference_batch, expected={})
-    if meta.get("origin") != ADM_ORIGIN:
-        raise InputError(f"{config.reference_batch} is not an ADM reference batch (mu, sigma, "
-                         "mu_s, sigma_s and arr_0 images); point evaluate.reference_batch to one")
-    images = adm_batch_images(config.reference_batch)
-    pool = extract_features(feature_network(config), images, config.batch_size).pool
-    save_reference(config.reference, replace(statistics, pool=pool), meta)
-    return {**meta, "count": len(images)}
 
 
 class Evaluator:
@@ -130,7 +73,8 @@ class Evaluator:
                            lambda f: np.savez(f, arr_0=images, arr_1=labels))
         replace_atomically(out_dir / "features.npz", lambda f: np.savez(
             f, **{k: v for k, v in per_sample.items() if v is not None}))
-        Image.fromarray(image_grid(images[:64])).save(out_dir / "grid.png")
+        replace_atomically(out_dir / "grid.png", lambda f: Image.fromarray(
+            image_grid(images[:64])).save(f, format="PNG"))
         write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
         return metrics
 

@@ -4,7 +4,7 @@ from .errors import NonFiniteLoss
 from .layout import BatchLayout, batch_layout
 from .loop import train_model
 from .run_lock import RunFolderInUse
-from .session import Worker
+from .session import Placement
 
 __all__ = ["BatchLayout", "CheckpointMismatch", "CheckpointStore", "NonFiniteLoss",
-           "RunFolderInUse", "Worker", "batch_layout", "ema_weights_path", "train_model"]
+           "RunFolderInUse", "Placement", "batch_layout", "ema_weights_path", "train_model"]

@@ -86,8 +86,8 @@ def save_checkpoint(s: Session, done: int, loss: float | None) -> None:
                         healthy=healthy)
     if s.emissions:
         s.emissions.checkpoint()
-    if s.worker.on_checkpoint:
-        s.worker.on_checkpoint(path, {"step": done, **({"loss": loss} if loss is not None
+    if s.placement.on_checkpoint:
+        s.placement.on_checkpoint(path, {"step": done, **({"loss": loss} if loss is not None
                                                        else {})})
 
 

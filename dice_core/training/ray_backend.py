@@ -15,7 +15,7 @@ from dice_core.durable import write_json_atomic
 
 from .checkpoint import LATEST, STATE_FILE, CheckpointStore, barrier
 from .loop import train_model
-from .session import Worker
+from .session import Placement
 
 
 def train_with_ray(params: Params, model_name: str, parent_run_id: str | None) -> dict:
@@ -115,7 +115,7 @@ def train_loop_per_worker(config: dict) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(path),
                          checkpoint_dir_name=path.name)
 
-    train_model(params, model_name, Worker(rank, world_size, ray.train.torch.get_device(),
+    train_model(params, model_name, Placement(rank, world_size, ray.train.torch.get_device(),
                                            config["parent_run_id"], on_checkpoint=report))
 
 

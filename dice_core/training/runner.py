@@ -14,7 +14,7 @@ from dice_core.tracking import open_pipeline_run, total_emissions
 from .engine import resolve_precision
 from .layout import batch_layout
 from .loop import train_model
-from .session import Worker
+from .session import Placement
 
 
 def preflight(params: Params) -> None:
@@ -40,7 +40,7 @@ def train_models(params: Params, models: list[str]) -> list[dict]:
                 from .ray_backend import train_with_ray
                 summaries.append(train_with_ray(params, name, parent.run_id))
             else:
-                summaries.append(train_model(params, name, Worker(parent_run_id=parent.run_id)))
+                summaries.append(train_model(params, name, Placement(parent_run_id=parent.run_id)))
         parent.log_metrics(pipeline_totals(params), step=0)
         status = "FINISHED"
     finally:

@@ -27,7 +27,7 @@ from .steps import InputHashLog, PrecisionAdapter
 
 
 @dataclass
-class Worker:
+class Placement:
     """Where this copy of the loop runs."""
     rank: int = 0
     world_size: int = 1
@@ -40,7 +40,7 @@ class Worker:
 class Session:
     model_name: str
     params: Params          # already laid over with the model's per_model settings
-    worker: Worker
+    placement: Placement
     run_dir: Path
     manifest: dict
     layout: BatchLayout
@@ -76,7 +76,7 @@ class Session:
 
     @property
     def is_main(self) -> bool:
-        return self.worker.rank == 0
+        return self.placement.rank == 0
 
 
 def git_commit() -> str:
@@ -87,35 +87,35 @@ def git_commit() -> str:
         return "unknown"
 
 
-def open_session(params: Params, model_name: str, worker: Worker) -> Session:
+def open_session(params: Params, model_name: str, placement: Placement) -> Session:
     train = params.train
     manifest = read_latent_manifest(train.data)
-    layout = batch_layout(train.global_batch, train.micro_batch, worker.world_size)
-    device = worker.device or pick_device(train.device)
+    layout = batch_layout(train.global_batch, train.micro_batch, placement.world_size)
+    device = placement.device or pick_device(train.device)
     precision = resolve_precision(train.precision, device)
     run_dir = Path(train.output) / model_name
     run_dir.mkdir(parents=True, exist_ok=True)
     model, ema, optimizer, engine, ds_config = build_engine(
         model_name, train, params.seed, manifest, layout, precision, device)
-    signature = run_signature(model_name, model, params, precision, layout, worker, manifest)
-    store = CheckpointStore(run_dir, worker.rank, train.keep_checkpoints)
+    signature = run_signature(model_name, model, params, precision, layout, placement, manifest)
+    store = CheckpointStore(run_dir, placement.rank, train.keep_checkpoints)
     state = resume(store, engine, ema, optimizer, signature, train)
-    if worker.rank == 0:   # only now: a refused resume leaves the run folder's record as it was
+    if placement.rank == 0:   # only now: a refused resume leaves the run folder's record as it was
         write_json_atomic(run_dir / "deepspeed_config.json", ds_config)
     start_step = state.get("step", 0)
-    tracker = open_tracker(params, model_name, run_dir, worker)
+    tracker = open_tracker(params, model_name, run_dir, placement)
     if start_step == 0:
-        tracker.log_params(run_params(model_name, model, params, precision, layout, worker,
+        tracker.log_params(run_params(model_name, model, params, precision, layout, placement,
                                       manifest))
     else:
         record_resume_changes(tracker, state["signature"], signature, train.resume_changes,
                               start_step)
     loader = make_loader(train.data, batch_size=layout.micro_batch, seed=params.seed,
-                         rank=worker.rank, world_size=worker.world_size,
+                         rank=placement.rank, world_size=placement.world_size,
                          num_workers=train.loader_workers,
                          start_batch=start_step * layout.accumulation)
     return Session(
-        model_name=model_name, params=params, worker=worker, run_dir=run_dir,
+        model_name=model_name, params=params, placement=placement, run_dir=run_dir,
         manifest=manifest, layout=layout, device=device, precision=precision, model=model,
         ema=ema, optimizer=optimizer, engine=engine,
         adapter=PrecisionAdapter(engine, model_dtype(precision)),
@@ -123,9 +123,9 @@ def open_session(params: Params, model_name: str, worker: Worker) -> Session:
         start_step=start_step, window=LossWindow.from_state(state.get("window")),
         guard=DivergenceGuard.from_state(state, train.max_nonfinite_steps,
                                          train.healthy_loss_factor),
-        tracker=tracker, emissions=open_emissions(params, run_dir, worker, device),
+        tracker=tracker, emissions=open_emissions(params, run_dir, placement, device),
         loader=loader,
-        hashes=InputHashLog(run_dir / f"input_hashes.rank{worker.rank}.txt", start_step))
+        hashes=InputHashLog(run_dir / f"input_hashes.rank{placement.rank}.txt", start_step))
 
 
 def build_engine(model_name: str, train: TrainParams, seed: int, manifest: dict,
@@ -147,12 +147,12 @@ def build_engine(model_name: str, train: TrainParams, seed: int, manifest: dict,
 
 
 def run_signature(model_name: str, model, params: Params, precision: str, layout: BatchLayout,
-                  worker: Worker, manifest: dict) -> dict:
+                  placement: Placement, manifest: dict) -> dict:
     """What a checkpoint must agree with to be resumed by this run."""
     train = params.train
     return {"model": model_name, "model_config": model.preset_config,
             "precision": precision, "global_batch": layout.global_batch,
-            "micro_batch": layout.micro_batch, "world_size": worker.world_size,
+            "micro_batch": layout.micro_batch, "world_size": placement.world_size,
             "seed": params.seed, "lr": train.lr, "weight_decay": train.weight_decay,
             "ema_decay": train.ema_decay, "ema_warmup": train.ema_warmup,
             "loader_workers": train.loader_workers, "data": manifest["params_hash"]}
@@ -169,20 +169,21 @@ def resume(store: CheckpointStore, engine, ema, optimizer: FiniteAdamW, signatur
     return state
 
 
-def open_tracker(params: Params, model_name: str, run_dir: Path, worker: Worker) -> RunTracker:
+def open_tracker(params: Params, model_name: str, run_dir: Path,
+                 placement: Placement) -> RunTracker:
     return RunTracker(params.tracking.uri, params.tracking.experiment, run_dir / "tracking",
-                      run_name=model_name, parent_run_id=worker.parent_run_id,
+                      run_name=model_name, parent_run_id=placement.parent_run_id,
                       tags={"model": model_name, "family": get_preset(model_name).family},
-                      enabled=worker.rank == 0, retry_seconds=params.tracking.retry_seconds,
+                      enabled=placement.rank == 0, retry_seconds=params.tracking.retry_seconds,
                       once_per_step=True)
 
 
 def run_params(model_name: str, model, params: Params, precision: str, layout: BatchLayout,
-               worker: Worker, manifest: dict) -> dict:
+               placement: Placement, manifest: dict) -> dict:
     return {"model": model_name, "model_config": model.preset_config,
             "train": params.train.model_dump(), "seed": params.seed,
             "precision": precision, "accumulation": layout.accumulation,
-            "world_size": worker.world_size,
+            "world_size": placement.world_size,
             "parameters": sum(p.numel() for p in model.parameters()),
             "data_params_hash": manifest["params_hash"],
             "data_encoder": manifest["encoder"], "git_commit": git_commit()}
@@ -199,12 +200,12 @@ def record_resume_changes(tracker: RunTracker, saved: dict, signature: dict,
         tracker.set_tags({f"resumed_at_step_{step}": "; ".join(changes)})
 
 
-def open_emissions(params: Params, run_dir: Path, worker: Worker,
+def open_emissions(params: Params, run_dir: Path, placement: Placement,
                    device: torch.device) -> EmissionsMeter | None:
-    if worker.rank != 0:
+    if placement.rank != 0:
         return None
     emissions = EmissionsMeter(run_dir / "emissions", params.emissions.country_iso_code,
-                               gpus=worker.world_size if device.type == "cuda" else 0,
+                               gpus=placement.world_size if device.type == "cuda" else 0,
                                board_power_watts=params.emissions.board_power_watts,
                                grid_g_per_kwh=params.emissions.grid_g_per_kwh)
     emissions.start()

@@ -66,7 +66,7 @@ def optimiser_step(session, step: int) -> float | None:
     for micro in range(s.layout.accumulation):
         index = step * s.layout.accumulation + micro
         batch = next(s.loader)
-        t, noise, labels = diffusion_inputs(s.seed, index, s.worker.rank, batch.latents,
+        t, noise, labels = diffusion_inputs(s.seed, index, s.placement.rank, batch.latents,
                                             batch.labels, s.diffusion.num_timesteps,
                                             s.num_classes, s.model.class_dropout_prob)
         s.hashes.write(step, index, inputs_digest(batch.latents, labels, t, noise))
@@ -78,7 +78,7 @@ def optimiser_step(session, step: int) -> float | None:
         s.engine.step()
         step_loss += loss.detach() / s.layout.accumulation
     skipped = s.optimizer.last_step_skipped or not s.engine.was_step_applied()
-    step_loss = mean_over_ranks(step_loss, s.worker.world_size)
+    step_loss = mean_over_ranks(step_loss, s.placement.world_size)
     return None if skipped else float(step_loss)
 
 
