@@ -15,7 +15,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 # image on 2 cores, most of it system time). Keep freed memory in the process instead.
 export GLIBC_TUNABLES := glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=1073741824
 
-.PHONY: setup test repro static bench ui ui-stop serve data-deps clean-venv
+.PHONY: setup test repro static bench bench-gpu bench-gpu-dry bench-gpu-wheels ui ui-stop serve data-deps clean-venv
 
 setup: $(STAMP)
 
@@ -73,6 +73,18 @@ bench: setup
 	$(BIN)/python bench/data.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/eval.py
+
+# The prepared GPU benchmark (bench/gpu.py): on a GPU, the paper's models side by side;
+# -dry runs every code path with the tiny presets on this CPU; -wheels fetches into .whl/ what
+# the GPU machine (no registry, its own Python 3.12 and PyTorch) lacks.
+bench-gpu: setup
+	$(BIN)/python bench/gpu.py
+
+bench-gpu-dry: setup
+	$(BIN)/python bench/gpu.py --dry-run --compile-budget 0
+
+bench-gpu-wheels: setup
+	PY=$(BIN)/python bench/gpu_wheels.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,19 +1,25 @@
-"""Forward+backward step time of DICE, DiT and DiMR, as ratios to DiT measured side by side.
+"""Forward+backward step time of DICE, DiT and DiMR, as ratios to DiT measured side by side,
+and per multiply-add (attention counted): the cost of the same arithmetic in each design.
 
-CPU: the tiny presets at one batch size. GPU (when there is one): the paper presets in fp16
-autocast at batch 32 and 128 with activation checkpointing, with peak memory.
+CPU: the tiny presets at 32x32x1 and at the embedded experiment's 8x8x4 latents (10 classes),
+batch 16 and 128, fp32; eager, and with --compile also torch.compile'd (timed after its
+compile, whose time is reported). GPU (when there is one): the paper presets in fp16 autocast
+at batch 32 and 128 with activation checkpointing, with peak memory.
 Rounds interleave the models (A B C A B C ...) so that a noisy, shared machine slows all of
 them alike; the median round is reported. Results go to bench/results/ with the device named.
 
-    python bench/models.py [--batch-size 16] [--rounds 7] [--gpu-batch-sizes 32 128]
+    python bench/models.py [--batch-sizes 16 128] [--rounds 5] [--compile]
+                           [--gpu-batch-sizes 32 128]
 """
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import torch
 
+from dice_core.analysis.static import count_macs
 from dice_core.benchmarking import (device_name, make_train_step, synchronize, time_side_by_side,
                                      write_record)
 from dice_core.models import build_model
@@ -22,6 +28,9 @@ from dice_core.text_table import format_table
 TINY = {"dice": "dice-t", "dit": "dit-t", "dimr": "dimr-t"}
 PAPER = {"dice": "dice-xl", "dit": "dit-xl-2", "dimr": "dimr-xl-2r"}
 RESULTS = Path(__file__).resolve().parent / "results"
+# (in_channels, input_size): 32x32x1, and the embedded experiment's latents
+CPU_SHAPES = [(1, 32), (4, 8)]
+CPU_CLASSES = 10
 
 
 def peak_memory_gib(model, step, device: torch.device) -> float:
@@ -35,22 +44,55 @@ def peak_memory_gib(model, step, device: torch.device) -> float:
     return (torch.cuda.max_memory_allocated(device) - others) / 2**30
 
 
-def run_setting(presets: dict, batch_size: int, device: torch.device, rounds: int,
-                dtype: torch.dtype | None, checkpointing: bool) -> list[dict]:
+def build_models(presets: dict, shape: tuple[int, int] | None, device: torch.device,
+                 checkpointing: bool) -> dict:
+    overrides = {} if shape is None else {"in_channels": shape[0], "input_size": shape[1],
+                                          "num_classes": CPU_CLASSES}
     models = {}
     for family, name in presets.items():
-        model = build_model(name).to(device)
+        model = build_model(name, **overrides).to(device)
         model.set_activation_checkpointing(checkpointing)
         models[family] = model
-    steps = {f: make_train_step(m, batch_size, device, dtype) for f, m in models.items()}
+    return models
+
+
+def compiled_steps(models: dict, batch_size: int, device: torch.device, dtype) -> tuple:
+    """torch.compile'd steps, each compiled (and run once) here; returns them with the
+    compile seconds."""
+    steps, seconds = {}, {}
+    for family, model in models.items():
+        start = time.perf_counter()
+        steps[family] = make_train_step(torch.compile(model), batch_size, device, dtype)
+        steps[family]()
+        synchronize(device)
+        seconds[family] = time.perf_counter() - start
+    return steps, seconds
+
+
+def run_setting(presets: dict, batch_size: int, device: torch.device, rounds: int,
+                dtype: torch.dtype | None, checkpointing: bool,
+                shape: tuple[int, int] | None = None, compiled: bool = False) -> list[dict]:
+    models = build_models(presets, shape, device, checkpointing)
+    macs = {family: count_macs(model).total for family, model in models.items()}
+    compile_seconds = {}
+    if compiled:
+        steps, compile_seconds = compiled_steps(models, batch_size, device, dtype)
+    else:
+        steps = {f: make_train_step(m, batch_size, device, dtype) for f, m in models.items()}
     medians = time_side_by_side(steps, device, rounds)
     rows = []
     for family, model in models.items():
+        per_mac = medians[family] / macs[family]
         row = {"model": presets[family], "batch_size": batch_size,
+               "shape": f"{model.input_size}x{model.input_size}x{model.in_channels}",
                "dtype": str(dtype).removeprefix("torch.") if dtype else "float32",
-               "activation_checkpointing": checkpointing,
+               "activation_checkpointing": checkpointing, "compiled": compiled,
                "step_seconds": medians[family], "images_per_s": batch_size / medians[family],
-               "time_ratio_to_dit": medians[family] / medians["dit"]}
+               "macs_per_image": macs[family],
+               "time_ratio_to_dit": medians[family] / medians["dit"],
+               "per_mac_ratio_to_dit": per_mac / (medians["dit"] / macs["dit"])}
+        if family in compile_seconds:
+            row["compile_seconds"] = compile_seconds[family]
         if device.type == "cuda":
             row["peak_memory_gib"] = peak_memory_gib(model, steps[family], device)
         rows.append(row)
@@ -61,10 +103,14 @@ def run_setting(presets: dict, batch_size: int, device: torch.device, rounds: in
 
 
 def format_rows(rows: list[dict]) -> str:
-    header = ["model", "batch", "dtype", "ckpt", "step s", "img/s", "x DiT", "peak GiB"]
-    cells = [[r["model"], r["batch_size"], r["dtype"],
-              "on" if r["activation_checkpointing"] else "off", f"{r['step_seconds']:.4f}",
-              f"{r['images_per_s']:.1f}", f"{r['time_ratio_to_dit']:.2f}",
+    header = ["model", "shape", "batch", "dtype", "ckpt", "compiled", "step s", "img/s",
+              "MMAC/img", "x DiT", "x DiT per MAC", "compile s", "peak GiB"]
+    cells = [[r["model"], r["shape"], r["batch_size"], r["dtype"],
+              "on" if r["activation_checkpointing"] else "off",
+              "yes" if r["compiled"] else "no", f"{r['step_seconds']:.4f}",
+              f"{r['images_per_s']:.1f}", f"{r['macs_per_image'] / 1e6:.1f}",
+              f"{r['time_ratio_to_dit']:.2f}", f"{r['per_mac_ratio_to_dit']:.2f}",
+              f"{r['compile_seconds']:.0f}" if "compile_seconds" in r else "-",
               f"{r['peak_memory_gib']:.2f}" if "peak_memory_gib" in r else "-"]
              for r in rows]
     return format_table(header, cells)
@@ -75,16 +121,27 @@ def record(rows: list[dict], device: torch.device) -> Path:
                         format_rows(rows))
 
 
+def cpu_rows(batch_sizes: list[int], rounds: int, compiled: bool) -> list[dict]:
+    cpu = torch.device("cpu")
+    modes = [False, True] if compiled else [False]
+    return [row for shape in CPU_SHAPES for batch in batch_sizes for mode in modes
+            for row in run_setting(TINY, batch, cpu, rounds, None, checkpointing=False,
+                                   shape=shape, compiled=mode)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=16, help="CPU batch size")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 128],
+                        help="CPU batch sizes")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile'd models (compiling takes minutes)")
     parser.add_argument("--gpu-batch-sizes", type=int, nargs="+", default=[32, 128])
     args = parser.parse_args()
 
     cpu = torch.device("cpu")
-    rows = run_setting(TINY, args.batch_size, cpu, args.rounds, None, checkpointing=False)
+    rows = cpu_rows(args.batch_sizes, args.rounds, args.compile)
     print(f"CPU ({device_name(cpu)}): tiny presets, fp32")
     print(format_rows(rows))
     print(f"wrote {record(rows, cpu)}")

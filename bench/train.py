@@ -23,46 +23,17 @@ from pathlib import Path
 import psutil
 import torch
 
-from dice_core.benchmarking import device_name, synchronize, time_side_by_side, write_record
-from dice_core.diffusion import create_diffusion
+from dice_core.benchmarking import (device_name, engine_step, synchronize, time_side_by_side,
+                                     write_record)
 from dice_core.models import build_model
 from dice_core.text_table import format_table
-from dice_core.training.engine import (child_process_env, deepspeed_config,
-                                       initialize_engine, model_dtype, resolve_precision)
-from dice_core.training.layout import batch_layout
-from dice_core.training.steps import PrecisionAdapter
-from dice_core.training.optim import FiniteAdamW
+from dice_core.training.engine import child_process_env, resolve_precision
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GLOBAL_BATCH = 128
 TINY = ["dice-t", "dit-t", "dimr-t"]
 PAPER = ["dice-xl", "dit-xl-2", "dimr-xl-2r"]
 RTX_3090_GIB = 24.0
-
-
-def engine_step(name: str, device: torch.device, micro_batch: int, precision: str,
-                checkpointing: bool):
-    """One optimiser step (forward, backward, AdamW) of the hybrid loss, as training runs it."""
-    torch.manual_seed(0)
-    model = build_model(name).to(device)
-    model.set_activation_checkpointing(checkpointing)
-    layout = batch_layout(GLOBAL_BATCH, micro_batch, 1)
-    engine = initialize_engine(model, FiniteAdamW(model.parameters(), lr=1e-4),
-                               deepspeed_config(layout, precision, 0, 16))
-    adapter = PrecisionAdapter(engine, model_dtype(precision))
-    diffusion = create_diffusion(timestep_respacing="")
-    generator = torch.Generator().manual_seed(0)
-    shape = (micro_batch, model.in_channels, model.input_size, model.input_size)
-    x0 = torch.randn(shape, generator=generator).to(device)
-    t = torch.randint(0, 1000, (micro_batch,), generator=generator).to(device)
-    y = torch.randint(0, model.num_classes, (micro_batch,), generator=generator).to(device)
-
-    def step() -> None:
-        for _ in range(layout.accumulation):
-            loss = diffusion.training_losses(adapter, x0, t, {"y": y})["loss"].mean()
-            engine.backward(loss)
-            engine.step()
-    return engine, step
 
 
 def rss_growth_gib(name: str, steps: int = 2) -> float:
@@ -81,7 +52,8 @@ def rss_growth_gib(name: str, steps: int = 2) -> float:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _, step = engine_step(name, torch.device("cpu"), GLOBAL_BATCH, "fp32", False)
+    _, step = engine_step(build_model(name), torch.device("cpu"), GLOBAL_BATCH, GLOBAL_BATCH,
+                          "fp32", False)
     for _ in range(steps):
         step()
     done.set()
@@ -110,14 +82,15 @@ def measure(names: list[str], device: torch.device, micro_batch: int, precision:
         # one paper-size engine at a time: each is measured alone on the device
         seconds, peaks = {}, {}
         for name in names:
-            engine, step = engine_step(name, device, micro_batch, precision, checkpointing)
+            engine, step = engine_step(build_model(name), device, GLOBAL_BATCH, micro_batch,
+                                       precision, checkpointing)
             peaks[name] = gpu_peak_gib(step, device)
             seconds.update(time_side_by_side({name: step}, device, rounds))
             del engine, step
             torch.cuda.empty_cache()
     else:
-        steps = {name: engine_step(name, device, micro_batch, precision, checkpointing)[1]
-                 for name in names}
+        steps = {name: engine_step(build_model(name), device, GLOBAL_BATCH, micro_batch, precision,
+                                 checkpointing)[1] for name in names}
         seconds = time_side_by_side(steps, device, rounds)
         peaks = {name: cpu_peak_gib(name) for name in names}
     baseline = next(n for n in names if n.startswith("dit"))

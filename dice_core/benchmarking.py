@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from dice_core.durable import write_text_atomic
+
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
@@ -18,17 +20,20 @@ def device_name(device: torch.device) -> str:
 
 
 def write_record(results_dir: Path, name: str, title: str, device: torch.device,
-                 rows: list[dict], table: str) -> Path:
-    """Writes ``<name>-{cpu,gpu}.json`` (the rows) and ``.md`` (the printed table)."""
+                 rows: list[dict], table: str, extras: dict | None = None,
+                 stem: str | None = None) -> Path:
+    """Writes ``<stem>.json`` (the rows, and ``extras``) and ``<stem>.md`` (the printed
+    table); ``stem`` is ``<name>-{cpu,gpu}`` unless given."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    slug = "gpu" if device.type == "cuda" else "cpu"
+    stem = stem or f"{name}-{'gpu' if device.type == 'cuda' else 'cpu'}"
     record = {"benchmark": title, "device": device_name(device), "torch": torch.__version__,
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows}
-    json_path = results_dir / f"{name}-{slug}.json"
-    json_path.write_text(json.dumps(record, indent=2) + "\n")
-    (results_dir / f"{name}-{slug}.md").write_text(
-        f"# {title}\n\nDevice: {record['device']}, torch {record['torch']}, "
-        f"{record['date']}\n\n```\n{table}\n```\n")
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows,
+              **(extras or {})}
+    json_path = results_dir / f"{stem}.json"
+    write_text_atomic(json_path, json.dumps(record, indent=2) + "\n")
+    write_text_atomic(results_dir / f"{stem}.md",
+                      f"# {title}\n\nDevice: {record['device']}, torch {record['torch']}, "
+                      f"{record['date']}\n\n```\n{table}\n```\n")
     return json_path
 
 
@@ -69,3 +74,34 @@ def time_side_by_side(steps: dict, device: torch.device, rounds: int) -> dict[st
             synchronize(device)
             seconds[family].append(time.perf_counter() - start)
     return {family: statistics.median(values) for family, values in seconds.items()}
+
+
+def engine_step(model, device: torch.device, global_batch: int, micro_batch: int,
+                precision: str, checkpointing: bool):
+    """(engine, step): one optimiser step of ``model`` through the real DeepSpeed engine (the
+    hybrid loss, forward, backward, AdamW) on a fixed random batch, as training runs it."""
+    from dice_core.diffusion import create_diffusion
+    from dice_core.training.engine import deepspeed_config, initialize_engine, model_dtype
+    from dice_core.training.layout import batch_layout
+    from dice_core.training.optim import FiniteAdamW
+    from dice_core.training.steps import PrecisionAdapter
+
+    model = model.to(device)
+    model.set_activation_checkpointing(checkpointing)
+    layout = batch_layout(global_batch, micro_batch, 1)
+    engine = initialize_engine(model, FiniteAdamW(model.parameters(), lr=1e-4),
+                               deepspeed_config(layout, precision, 0, 16))
+    adapter = PrecisionAdapter(engine, model_dtype(precision))
+    diffusion = create_diffusion(timestep_respacing="")
+    generator = torch.Generator().manual_seed(0)
+    shape = (micro_batch, model.in_channels, model.input_size, model.input_size)
+    x0 = torch.randn(shape, generator=generator).to(device)
+    t = torch.randint(0, 1000, (micro_batch,), generator=generator).to(device)
+    y = torch.randint(0, model.num_classes, (micro_batch,), generator=generator).to(device)
+
+    def step() -> None:
+        for _ in range(layout.accumulation):
+            loss = diffusion.training_losses(adapter, x0, t, {"y": y})["loss"].mean()
+            engine.backward(loss)
+            engine.step()
+    return engine, step

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dice_core.errors import InputError
+from dice_core.samplers import SAMPLERS
 
 import os
 from pathlib import Path
@@ -12,12 +13,11 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       model_validator)
 
 from dice_core.errors import InputError
+from dice_core.samplers import SAMPLERS
 
 DEFAULT_PARAMS = Path("params.yaml")
 # the settings train.resume_changes may name: a run resumes with new values of these
 RESUMABLE_SETTINGS = ("lr", "weight_decay")
-# every sampler of evaluation, sampling and the benchmarks
-SAMPLERS = ("ddpm", "ddim", "dpm-solver")
 
 
 def _known_models(models: list[str]) -> list[str]:

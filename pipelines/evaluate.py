@@ -10,12 +10,12 @@ import json
 import sys
 from pathlib import Path
 
-from dice_core.config import SAMPLERS
 from dice_core.data import read_latent_manifest
 from dice_core.devices import pick_device
 from dice_core.errors import InputError
 from dice_core.evaluation.evaluate import evaluate_model
 from dice_core.models.serialization import load_model
+from dice_core.samplers import SAMPLERS
 from dice_core.training import ema_weights_path
 
 from .stage_params import add_params_argument, stage_params

@@ -10,11 +10,11 @@ from scipy import integrate
 from scipy.stats import norm
 from torch import nn
 
-from dice_core.config import SAMPLERS
 from dice_core.diffusion import (create_diffusion,
                                  discretized_gaussian_log_likelihood, make_scheduler,
                                  multiscale_noise_target, normal_kl, sample_with_scheduler,
                                  space_timesteps)
+from dice_core.samplers import SAMPLERS
 
 SHAPE = (2, 4, 8, 8)
 ORIGINAL_ALPHAS_CUMPROD = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from dice_core.analysis.static import analyze, sampling_throughput
+from dice_core.analysis.static import analyze, count_macs, sampling_throughput
 from dice_core.models import build_model
 from pipelines.cli import main as dice_main
 
@@ -36,6 +36,14 @@ def test_dit_xl_2_matches_both_papers_conventions():
     assert within(report.macs_without_attention, 114.46e9, 0.005)  # DICE paper (no attention)
     assert within(report.macs, 118.6e9, 0.005)                      # DiT paper (attention)
     assert report.flops == 2 * report.macs
+
+
+def test_attention_is_counted_on_a_cpu_model_as_on_the_meta_device():
+    """CPU attention takes a flash kernel the flop counter does not know (it counted 0)."""
+    with torch.device("meta"):
+        shapes_only = build_model("dit-t", in_channels=1, input_size=32, num_classes=10)
+    on_cpu = count_macs(build_model("dit-t", in_channels=1, input_size=32, num_classes=10))
+    assert on_cpu == count_macs(shapes_only) and on_cpu.attention == 52_428_800
 
 
 def test_sampling_throughput_is_measured_and_labelled():

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from dice_core.diffusion import create_diffusion
@@ -72,12 +73,14 @@ def example_inputs(model, batch_size: int, device) -> tuple[torch.Tensor, ...]:
 
 def count_macs(model: torch.nn.Module, batch_size: int = 1) -> MacCount:
     """Multiply-adds of one forward pass at ``batch_size`` (run on whatever device the model
-    is on; a meta-device model costs nothing)."""
+    is on; a meta-device model costs nothing). Attention runs through SDPA's math kernel
+    here: the flop counter knows no CPU flash kernel, and would count CPU attention as 0."""
     device = next(model.parameters()).device
     attention_names = {name for name, module in model.named_modules()
                        if isinstance(module, AttentionCore)}
     root = type(model).__name__
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), \
+            FlopCounterMode(display=False) as counter:
         model(*example_inputs(model, batch_size, device))
     by_module = counter.get_flop_counts()
     attention_flops = sum(sum(by_module.get(f"{root}.{name}", {}).values())

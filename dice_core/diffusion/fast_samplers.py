@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from dice_core.config import SAMPLERS
+from dice_core.samplers import SAMPLERS
 
 from .gaussian_diffusion import GaussianDiffusion, check_model_output, initial_noise
 from .schedule import space_timesteps

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dice_core.config import SAMPLERS
 from dice_core.diffusion import create_diffusion, sample_with_scheduler
+from dice_core.samplers import SAMPLERS
 from dice_core.seeding import EVAL_SAMPLES, seeded_generator
 
 

@@ -1,10 +1,19 @@
-"""The training engine: one loop for every model, DeepSpeed inside, locally or on Ray Train."""
-from .checkpoint import CheckpointMismatch, CheckpointStore, ema_weights_path
-from .errors import NonFiniteLoss
-from .layout import BatchLayout, batch_layout
-from .loop import train_model
-from .run_lock import RunFolderInUse
-from .session import Placement
+"""The training engine: one loop for every model, DeepSpeed inside, locally or on Ray Train.
 
-__all__ = ["BatchLayout", "CheckpointMismatch", "CheckpointStore", "NonFiniteLoss",
-           "RunFolderInUse", "Placement", "batch_layout", "ema_weights_path", "train_model"]
+The names below are imported when first used: the engine's own modules (engine, layout,
+optim, steps) then load without the loop's tracking, data and evaluation stacks, which the
+GPU benchmark's machine does not have."""
+from importlib import import_module
+
+_HOMES = {"BatchLayout": "layout", "batch_layout": "layout",
+          "CheckpointMismatch": "checkpoint", "CheckpointStore": "checkpoint",
+          "ema_weights_path": "checkpoint", "NonFiniteLoss": "errors",
+          "RunFolderInUse": "run_lock", "Placement": "session", "train_model": "loop"}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_HOMES[name]}", __name__), name)
