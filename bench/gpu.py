@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a plain script,
 
 from dice_core.analysis.static import count_macs, sampling_throughput  # noqa: E402
 from dice_core.benchmarking import device_name, engine_step, synchronize, write_record  # noqa: E402
-from dice_core.models import build_model  # noqa: E402
+from dice_core.models import build_model, compile_model  # noqa: E402
 from dice_core.text_table import format_table  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -99,20 +99,11 @@ def matmul_peak_tflops(plan: Plan) -> float:
     return 2 * n**3 / seconds / 1e12
 
 
-def compile_for_training(model: torch.nn.Module) -> torch.nn.Module:
-    """The model's forward passes compiled in place: DeepSpeed keeps the module it knows, and
-    DICE's multi-stage loss calls forward_stages."""
-    model.forward = torch.compile(model.forward)
-    if hasattr(model, "forward_stages"):
-        model.forward_stages = torch.compile(model.forward_stages)
-    return model
-
-
 def train_rate(plan: Plan, name: str, compiled: bool) -> dict:
     """Images/s of one DeepSpeed step (after a warm-up step, which compiles), peak memory."""
     model = build_model(name, **plan.shape)
     if compiled:
-        compile_for_training(model)
+        compile_model(model)
     start = time.perf_counter()
     engine, step = engine_step(model, plan.device, plan.global_batch, plan.global_batch,
                                plan.precision, checkpointing=True)

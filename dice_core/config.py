@@ -126,6 +126,7 @@ class TrainParams(Section):
     ema_warmup: bool     # decay min(ema_decay, (1 + n) / (10 + n)) after n updates
     precision: Literal["auto", "fp16", "bf16", "fp32"]
     activation_checkpointing: bool
+    compile: bool               # torch.compile the model's forward passes
     zero_stage: int = Field(ge=0, le=2)   # stage 3 would hide forward_stages from ZeRO
     initial_loss_scale_power: int = Field(ge=0, le=32)
     log_every: int = Field(ge=1)
@@ -186,6 +187,7 @@ class EvaluateParams(Section):
     pr_distances: Literal["float16", "float32"] | None
     classifier: str | None   # class accuracy when it exists
     device: str
+    compile: bool               # torch.compile the sampled model's forward
     output: str
     in_training: InTrainingEvaluation
 

@@ -15,6 +15,7 @@ from dice_core.durable import replace_atomically, write_text_atomic
 from dice_core.errors import InputError
 from dice_core.metrics import compute_metrics, extract_features, load_reference
 from dice_core.metrics.report import NO_REFERENCE_ROWS
+from dice_core.models import compile_model
 
 from .classifier import load_classifier, predict
 from .reference import feature_network, reference_identity
@@ -51,6 +52,8 @@ class Evaluator:
         reads them), ``features.npz`` (each sample's features and predicted class, for the
         report's intervals), ``grid.png`` and ``metrics.json``."""
         config, num_classes = self.config, self.manifest["num_classes"]
+        if config.compile:
+            compile_model(model)
         images = sample_images(model, self.decoder, count=config.samples,
                                num_classes=num_classes, seed=self.seed,
                                latent_shape=tuple(self.manifest["latent_shape"]),

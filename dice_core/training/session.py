@@ -15,7 +15,7 @@ from dice_core.devices import pick_device
 from dice_core.diffusion import create_diffusion
 from dice_core.durable import write_json_atomic
 from dice_core.ema import create_ema
-from dice_core.models import build_model, get_preset
+from dice_core.models import build_model, compile_model, get_preset
 from dice_core.tracking import EmissionsMeter, RunTracker
 
 from .checkpoint import CheckpointStore
@@ -136,6 +136,8 @@ def build_engine(model_name: str, train: TrainParams, seed: int, manifest: dict,
                         num_classes=manifest["num_classes"], **train.model_overrides)
     model.set_activation_checkpointing(train.activation_checkpointing)
     ema = create_ema(model, train.ema_decay, train.ema_warmup)
+    if train.compile:      # after the EMA's copy: the EMA is compiled for sampling, if at all
+        compile_model(model)
     optimizer = FiniteAdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     ds_config = deepspeed_config(layout, precision, train.zero_stage,
                                  train.initial_loss_scale_power)
