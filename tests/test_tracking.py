@@ -280,3 +280,27 @@ def test_dice_tracking_flush_sends_what_a_run_journalled_while_the_server_was_do
     assert client.get_run(run_id).info.status == "FINISHED"
     parent_id = json.loads((parent_dir / "run.json").read_text())["run_id"]
     assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == parent_id
+
+
+def test_a_step_the_journal_took_is_not_logged_again_after_a_kill(tmp_path):
+    """once_per_step: a kill between the journal's line and logged_steps.json must not let a
+    resumed run log that step again; a rollback (forget_steps_after) lets later steps log."""
+    from dice_core.tracking.journal import Journal
+    state_dir, uri = tmp_path / "run", f"http://127.0.0.1:{free_port()}"   # a server down
+
+    def tracker():
+        return RunTracker(uri, "kills", state_dir, run_name="dit-t", once_per_step=True)
+    first = tracker()
+    first.log_metrics({"loss": 1.0}, step=1)
+    # killed right after the journal took step 2, before logged_steps.json did
+    Journal(state_dir).append({"kind": "metrics", "step": 2, "timestamp": 0,
+                               "values": {"loss": 0.9}})
+    resumed = tracker()
+    resumed.log_metrics({"loss": 0.9}, step=2)          # the replayed step
+    resumed.log_metrics({"loss": 0.8}, step=3)
+    assert [(r["step"], r["values"]) for r in pending(state_dir)] == \
+        [(1, {"loss": 1.0}), (2, {"loss": 0.9}), (3, {"loss": 0.8})]
+    resumed.forget_steps_after(1)                      # rolled back to a checkpoint of step 1
+    rolled_back = tracker()
+    rolled_back.log_metrics({"loss": 0.7}, step=2)     # trained again: logged again
+    assert [r["step"] for r in pending(state_dir) if r["kind"] == "metrics"] == [1, 2, 3, 2]

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 LOGGED_STEPS_FILE = "logged_steps.json"
+FORGET_STEPS = "forget_steps"   # a journal record: steps after "after" may be logged again
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 # What a failed send can raise when the server is down, slow or failing.
 SEND_ERRORS = (MlflowException, requests.exceptions.RequestException, OSError)
@@ -167,7 +168,11 @@ class RunTracker:
         self._next_attempt = 0.0
         self._system = SystemSampler()
         self._steps_file = self.state_dir / LOGGED_STEPS_FILE if once_per_step else None
-        self._logged_steps = (read_json(self._steps_file) or {}) if once_per_step else {}
+        self._logged_steps = {}
+        if once_per_step:   # the file, and what the journal took since (a kill may fall between)
+            self._logged_steps = read_json(self._steps_file) or {}
+            for record in self._journal.records:
+                self._apply_to_logged_steps(record)
         self._flush()
 
     @property
@@ -197,10 +202,8 @@ class RunTracker:
     def forget_steps_after(self, step: int) -> None:
         """With ``once_per_step``: the steps after ``step`` may be logged again (a run rolled
         back to a checkpoint at ``step`` trains them anew, with other settings)."""
-        if self._steps_file is None:
-            return
-        self._logged_steps = {key: min(last, step) for key, last in self._logged_steps.items()}
-        write_json_atomic(self._steps_file, self._logged_steps)
+        if self._steps_file is not None:
+            self._record({"kind": FORGET_STEPS, "after": int(step)})
 
     @_only_when_enabled
     def log_system_metrics(self, step: int) -> None:
@@ -273,12 +276,19 @@ class RunTracker:
 
     def _note_logged(self, record: dict) -> None:
         """With ``once_per_step``, a metric's step as soon as the journal holds it, before the
-        send: a kill while sending then leaves nothing to log again (a kill between these two
-        local writes could still repeat one point; a record is never lost)."""
-        if self._steps_file is None or record["kind"] != "metrics":
-            return
-        self._logged_steps.update(dict.fromkeys(record["values"], record["step"]))
-        write_json_atomic(self._steps_file, self._logged_steps)
+        send: a kill while sending then leaves nothing to log again. A kill between the two
+        local writes is made good by the next tracker, which replays the journal's records
+        over logged_steps.json; a record is never lost."""
+        if self._steps_file is not None and record["kind"] in ("metrics", FORGET_STEPS):
+            self._apply_to_logged_steps(record)
+            write_json_atomic(self._steps_file, self._logged_steps)
+
+    def _apply_to_logged_steps(self, record: dict) -> None:
+        if record["kind"] == "metrics":
+            self._logged_steps.update(dict.fromkeys(record["values"], record["step"]))
+        elif record["kind"] == FORGET_STEPS:
+            self._logged_steps = {key: min(last, record["after"])
+                                  for key, last in self._logged_steps.items()}
 
     def _flush(self) -> bool:
         """Send the journal; False, in offline mode, when MLflow cannot take it now."""
@@ -391,6 +401,8 @@ class RunTracker:
             tags = [RunTag(key, value) for key, value in group[0]["values"].items()]
             for chunk in _chunks(tags, MAX_PARAMS_TAGS_PER_BATCH):
                 self._client.log_batch(self._run_id, tags=chunk, synchronous=True)
+        elif kind == FORGET_STEPS:
+            return      # a note for once_per_step, nothing to send
         else:  # an artifact
             local_path = self._journal.local_path(group[0]["local"])
             self._client.log_artifact(self._run_id, str(local_path), group[0]["artifact_path"])

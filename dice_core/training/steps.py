@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from dice_core.durable import write_text_atomic
 from dice_core.models import drop_labels
 from dice_core.seeding import DIFFUSION_INPUTS, seeded_generator
 
@@ -91,7 +92,7 @@ class InputHashLog:
         if path.is_file():
             kept = [line for line in path.read_text().splitlines()
                     if line and int(line.split()[0]) < start_step]
-        path.write_text("".join(line + "\n" for line in kept))
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
         self.handle = open(path, "a")
 
     def write(self, step: int, index: int, digest: str) -> None:
