@@ -12,6 +12,7 @@ from dice_core.reporting.intervals import (Interval, rank, resampled_fds, sample
                                            verdict)
 from dice_core.reporting.sections import (protocol_notes, ranking_section, read_stage_times,
                                           stage_times_section)
+from pipelines.report import paper_params
 
 DIM = 8
 
@@ -99,11 +100,13 @@ def test_the_protocol_notes_name_every_departure_of_the_default_profile():
     params = load_params()
     manifest = {"source": "fashion-mnist", "resolution": 32, "latent_shape": [4, 8, 8],
                 "encoder": "vae:autoencoder"}
-    notes = protocol_notes(params, manifest)
+    notes = protocol_notes(params, paper_params("params.yaml"), manifest)
     assert f"{params.train.steps} steps of {params.train.global_batch}" in notes
-    assert "EMA decay" in notes and "warmed up" in notes
-    assert f"ddpm {params.evaluate.steps} steps" in notes
+    assert "(the paper: 35000 of 128 at lr 0.0001)" in notes     # from profiles/imagenet.yaml
+    assert "EMA decay" in notes and "warmed up" in notes and "(the paper: 0.9999, no" in notes
+    assert f"ddpm {params.evaluate.steps} steps (the paper: 500, ddpm 250)" in notes
     assert "inside training" in notes and "effnet" in notes
+    assert "(the paper: imagenet 256 through the SD-VAE)" in notes
 
 
 def test_stage_times_keep_the_latest_record_of_each_stage(tmp_path):

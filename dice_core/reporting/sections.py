@@ -11,9 +11,6 @@ from dice_core.config import Params
 from .intervals import Interval, rank, verdict
 from .tables import markdown, number
 
-PAPER_STEPS, PAPER_BATCH, PAPER_SAMPLES, PAPER_DDPM_STEPS = 35_000, 128, 500, 250
-
-
 def interval_text(interval: Interval, digits: int) -> str:
     return (f"{interval.value:.{digits}f} "
             f"[{interval.low:.{digits}f}, {interval.high:.{digits}f}]")
@@ -64,34 +61,56 @@ def autoencoder_section(meta: dict | None, reconstruction_accuracy: float | None
     return "\n".join(lines)
 
 
-def protocol_notes(params: Params, manifest: dict) -> str:
-    """One line per place where this profile departs from the paper's protocol."""
-    train, evaluate = params.train, params.evaluate
-    during = evaluate.for_training()
-    notes = []
+def protocol_notes(params: Params, paper: Params, manifest: dict) -> str:
+    """One line per place where this run departs from the paper's protocol; ``paper`` is the
+    ImageNet profile laid over params.yaml, the one home of the paper's values."""
+    notes = [note for note in (data_note(paper, manifest), training_note(params, paper),
+                               ema_note(params, paper), evaluation_note(params, paper))
+             if note]
+    during = params.evaluate.for_training()
+    notes.append(f"evaluations inside training every {params.train.eval_every} steps: "
+                 f"{during.samples} samples, {during.sampler} {during.steps} steps")
+    if params.evaluate.feature_network != paper.evaluate.feature_network:
+        notes.append(f"features: {params.evaluate.feature_network} (offline), so FD/IS are "
+                     "not FID/IS and cannot be compared with the paper's numbers")
+    return "\n".join(f"- {note}" for note in notes)
+
+
+def data_note(paper: Params, manifest: dict) -> str | None:
     source = manifest["source"]
     source = source.get("name") if isinstance(source, dict) else source
-    if source != "imagenet":
-        notes.append(f"data: {source} at {manifest['resolution']} px, latents "
-                     f"{tuple(manifest['latent_shape'])} from {manifest['encoder']} (the paper: "
-                     "ImageNet 256 through the SD-VAE, 4x32x32)")
-    if (train.steps, train.global_batch) != (PAPER_STEPS, PAPER_BATCH):
-        notes.append(f"training: {train.steps} steps of {train.global_batch} at lr {train.lr:g} "
-                     f"(the paper: {PAPER_STEPS} of {PAPER_BATCH} at lr 1e-4)")
-    ema = f"EMA decay {train.ema_decay}" + (", warmed up as min(decay, (1+n)/(10+n))"
-                                           if train.ema_warmup else "")
-    if train.ema_decay != 0.9999 or train.ema_warmup:
-        notes.append(f"{ema} (the paper: 0.9999, no warm-up)")
-    if (evaluate.samples, evaluate.sampler, evaluate.steps) != (PAPER_SAMPLES, "ddpm",
-                                                                PAPER_DDPM_STEPS):
-        notes.append(f"final evaluation: {evaluate.samples} samples, {evaluate.sampler} "
-                     f"{evaluate.steps} steps (the paper: 500, DDPM 250)")
-    notes.append(f"evaluations inside training every {train.eval_every} steps: "
-                 f"{during.samples} samples, {during.sampler} {during.steps} steps")
-    if evaluate.feature_network != "inception":
-        notes.append(f"features: {evaluate.feature_network} (offline), so FD/IS are not "
-                     "FID/IS and cannot be compared with the paper's numbers")
-    return "\n".join(f"- {note}" for note in notes)
+    if source == paper.prepare.source:
+        return None
+    return (f"data: {source} at {manifest['resolution']} px, latents "
+            f"{tuple(manifest['latent_shape'])} from {manifest['encoder']} (the paper: "
+            f"{paper.prepare.source} {paper.prepare.resolution} through the SD-VAE)")
+
+
+def training_note(params: Params, paper: Params) -> str | None:
+    train, theirs = params.train, paper.train
+    if (train.steps, train.global_batch, train.lr) == (theirs.steps, theirs.global_batch,
+                                                       theirs.lr):
+        return None
+    return (f"training: {train.steps} steps of {train.global_batch} at lr {train.lr:g} "
+            f"(the paper: {theirs.steps} of {theirs.global_batch} at lr {theirs.lr:g})")
+
+
+def ema_note(params: Params, paper: Params) -> str | None:
+    train, theirs = params.train, paper.train
+    if (train.ema_decay, train.ema_warmup) == (theirs.ema_decay, theirs.ema_warmup):
+        return None
+    warmup = ", warmed up as min(decay, (1+n)/(10+n))" if train.ema_warmup else ""
+    return (f"EMA decay {train.ema_decay}{warmup} (the paper: {theirs.ema_decay}, "
+            f"{'with' if theirs.ema_warmup else 'no'} warm-up)")
+
+
+def evaluation_note(params: Params, paper: Params) -> str | None:
+    ours, theirs = params.evaluate, paper.evaluate
+    if (ours.samples, ours.sampler, ours.steps) == (theirs.samples, theirs.sampler,
+                                                    theirs.steps):
+        return None
+    return (f"final evaluation: {ours.samples} samples, {ours.sampler} {ours.steps} steps "
+            f"(the paper: {theirs.samples}, {theirs.sampler} {theirs.steps})")
 
 
 def read_stage_times(path: Path) -> dict[str, dict]:
