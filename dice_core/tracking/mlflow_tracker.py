@@ -11,7 +11,6 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import functools  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import posixpath  # noqa: E402
 import shutil  # noqa: E402
@@ -21,7 +20,6 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import requests  # noqa: E402
-import yaml  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -106,12 +104,6 @@ def _copy(source: Path, destination: Path) -> None:
         shutil.copytree(source, destination)
     else:
         shutil.copy2(source, destination)
-
-
-def _dump_dict(dictionary: Mapping, suffix: str) -> str:
-    if suffix in (".yaml", ".yml"):
-        return yaml.safe_dump(dict(dictionary), sort_keys=False)
-    return json.dumps(dictionary, indent=2)
 
 
 def _only_when_enabled(method):
@@ -229,14 +221,6 @@ class RunTracker:
             image = convert_to_pil_image(image)
         directory, name = posixpath.split(artifact_file)
         self._record_file(name, image.save, directory or None)
-
-    @_only_when_enabled
-    def log_dict(self, dictionary: Mapping, artifact_file: str) -> None:
-        """JSON, or YAML when ``artifact_file`` ends in .yaml or .yml."""
-        directory, name = posixpath.split(artifact_file)
-        text = _dump_dict(dictionary, posixpath.splitext(name)[1])
-        self._record_file(name, lambda path: path.write_text(text, encoding="utf-8"),
-                          directory or None)
 
     @_only_when_enabled
     def close(self, status: str = "FINISHED") -> None:
