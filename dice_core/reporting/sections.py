@@ -86,10 +86,13 @@ def data_note(paper: Params, manifest: dict) -> str | None:
             f"{paper.prepare.source} {paper.prepare.resolution} through the SD-VAE)")
 
 
+def differs(ours, theirs, fields: tuple[str, ...]) -> bool:
+    return any(getattr(ours, name) != getattr(theirs, name) for name in fields)
+
+
 def training_note(params: Params, paper: Params) -> str | None:
     train, theirs = params.train, paper.train
-    if (train.steps, train.global_batch, train.lr) == (theirs.steps, theirs.global_batch,
-                                                       theirs.lr):
+    if not differs(train, theirs, ("steps", "global_batch", "lr")):
         return None
     return (f"training: {train.steps} steps of {train.global_batch} at lr {train.lr:g} "
             f"(the paper: {theirs.steps} of {theirs.global_batch} at lr {theirs.lr:g})")
@@ -97,7 +100,7 @@ def training_note(params: Params, paper: Params) -> str | None:
 
 def ema_note(params: Params, paper: Params) -> str | None:
     train, theirs = params.train, paper.train
-    if (train.ema_decay, train.ema_warmup) == (theirs.ema_decay, theirs.ema_warmup):
+    if not differs(train, theirs, ("ema_decay", "ema_warmup")):
         return None
     warmup = ", warmed up as min(decay, (1+n)/(10+n))" if train.ema_warmup else ""
     return (f"EMA decay {train.ema_decay}{warmup} (the paper: {theirs.ema_decay}, "
@@ -106,8 +109,7 @@ def ema_note(params: Params, paper: Params) -> str | None:
 
 def evaluation_note(params: Params, paper: Params) -> str | None:
     ours, theirs = params.evaluate, paper.evaluate
-    if (ours.samples, ours.sampler, ours.steps) == (theirs.samples, theirs.sampler,
-                                                    theirs.steps):
+    if not differs(ours, theirs, ("samples", "sampler", "steps")):
         return None
     return (f"final evaluation: {ours.samples} samples, {ours.sampler} {ours.steps} steps "
             f"(the paper: {theirs.samples}, {theirs.sampler} {theirs.steps})")
