@@ -64,14 +64,18 @@ def autoencoder_section(meta: dict | None, reconstruction_accuracy: float | None
 def protocol_notes(params: Params, paper: Params, manifest: dict) -> str:
     """One line per place where this run departs from the paper's protocol; ``paper`` is the
     ImageNet profile laid over params.yaml, the one home of the paper's values."""
-    notes = [note for note in (data_note(paper, manifest), training_note(params, paper),
-                               ema_note(params, paper), evaluation_note(params, paper))
-             if note]
-    during = params.evaluate.for_training()
-    notes.append(f"evaluations inside training every {params.train.eval_every} steps: "
+    train, evaluate = params.train, params.evaluate
+    notes = [note for note in (
+        data_note(paper, manifest),
+        departure(train, paper.train, ("steps", "global_batch", "lr"), training_text),
+        departure(train, paper.train, ("ema_decay", "ema_warmup"), ema_text),
+        departure(evaluate, paper.evaluate, ("samples", "sampler", "steps"), evaluation_text))
+        if note]
+    during = evaluate.for_training()
+    notes.append(f"evaluations inside training every {train.eval_every} steps: "
                  f"{during.samples} samples, {during.sampler} {during.steps} steps")
-    if params.evaluate.feature_network != paper.evaluate.feature_network:
-        notes.append(f"features: {params.evaluate.feature_network} (offline), so FD/IS are "
+    if evaluate.feature_network != paper.evaluate.feature_network:
+        notes.append(f"features: {evaluate.feature_network} (offline), so FD/IS are "
                      "not FID/IS and cannot be compared with the paper's numbers")
     return "\n".join(f"- {note}" for note in notes)
 
@@ -86,31 +90,26 @@ def data_note(paper: Params, manifest: dict) -> str | None:
             f"{paper.prepare.source} {paper.prepare.resolution} through the SD-VAE)")
 
 
-def differs(ours, theirs, fields: tuple[str, ...]) -> bool:
-    return any(getattr(ours, name) != getattr(theirs, name) for name in fields)
-
-
-def training_note(params: Params, paper: Params) -> str | None:
-    train, theirs = params.train, paper.train
-    if not differs(train, theirs, ("steps", "global_batch", "lr")):
+def departure(ours, theirs, fields: tuple[str, ...], describe) -> str | None:
+    """``describe(ours, theirs)`` where this run's section differs from the paper's in
+    ``fields``, else None."""
+    if all(getattr(ours, name) == getattr(theirs, name) for name in fields):
         return None
+    return describe(ours, theirs)
+
+
+def training_text(train, theirs) -> str:
     return (f"training: {train.steps} steps of {train.global_batch} at lr {train.lr:g} "
             f"(the paper: {theirs.steps} of {theirs.global_batch} at lr {theirs.lr:g})")
 
 
-def ema_note(params: Params, paper: Params) -> str | None:
-    train, theirs = params.train, paper.train
-    if not differs(train, theirs, ("ema_decay", "ema_warmup")):
-        return None
+def ema_text(train, theirs) -> str:
     warmup = ", warmed up as min(decay, (1+n)/(10+n))" if train.ema_warmup else ""
     return (f"EMA decay {train.ema_decay}{warmup} (the paper: {theirs.ema_decay}, "
             f"{'with' if theirs.ema_warmup else 'no'} warm-up)")
 
 
-def evaluation_note(params: Params, paper: Params) -> str | None:
-    ours, theirs = params.evaluate, paper.evaluate
-    if not differs(ours, theirs, ("samples", "sampler", "steps")):
-        return None
+def evaluation_text(ours, theirs) -> str:
     return (f"final evaluation: {ours.samples} samples, {ours.sampler} {ours.steps} steps "
             f"(the paper: {theirs.samples}, {theirs.sampler} {theirs.steps})")
 
