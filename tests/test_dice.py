@@ -22,13 +22,16 @@ def test_signal_extraction_keeps_agreeing_signals_and_suppresses_disagreeing_one
     assert signal_extraction(same, same + 6, 1.0) < 1e-12  # 10 / (1 + e^36)
 
 
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_signal_extraction_is_finite_in_half_precision_up_to_1e3_apart(dtype):
+def test_signal_extraction_is_finite_in_half_precision_up_to_1e3_apart(dtype, compiled):
+    """Compiled too: fused with its neighbours, it must keep its float32 overflow safety."""
     difference = torch.linspace(-1e3, 1e3, 2001)
     left = (torch.randn(2001) + difference / 2).to(dtype).requires_grad_()
     right = (torch.randn(2001) - difference / 2).to(dtype).requires_grad_()
     lam = torch.tensor(1.0, dtype=dtype, requires_grad=True)
-    out = signal_extraction(left, right, lam)
+    hands = torch.compile(signal_extraction) if compiled else signal_extraction
+    out = hands(left * 1, right * 1, lam)       # with neighbours for the compiler to fuse
     assert out.dtype == dtype
     assert torch.isfinite(out).all()
     out.sum().backward()
