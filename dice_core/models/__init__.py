@@ -7,5 +7,5 @@ from .dit import DiT
 from .layers import DiffusionBackbone, drop_labels
 from .registry import build_model, builder_defaults, get_preset, list_models
 
-__all__ = ["DICE", "DiMR", "DiT", "DiffusionBackbone", "build_model", "compile_model", "drop_labels",
-           "get_preset", "list_models", "signal_extraction"]
+__all__ = ["DICE", "DiMR", "DiT", "DiffusionBackbone", "build_model", "compile_model",
+           "drop_labels", "get_preset", "list_models", "signal_extraction"]
