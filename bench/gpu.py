@@ -35,7 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a plain script, no install
 
 from dice_core.analysis.static import count_macs, sampling_throughput  # noqa: E402
-from dice_core.benchmarking import device_name, engine_step, synchronize, write_record  # noqa: E402
+from dice_core.benchmarking import (device_name, engine_step, synchronize,  # noqa: E402
+                                     time_side_by_side, write_record)
 from dice_core.models import build_model, compile_model  # noqa: E402
 from dice_core.text_table import format_table  # noqa: E402
 
@@ -80,22 +81,12 @@ def dry_run_plan(compile_budget_s: float) -> Plan:
                 shape={"in_channels": 4, "input_size": 8, "num_classes": 10})
 
 
-def seconds_per_call(step, device: torch.device, calls: int) -> float:
-    step()                                        # warm-up: allocator, kernels, autotuning
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(calls):
-        step()
-    synchronize(device)
-    return (time.perf_counter() - start) / calls
-
-
 def matmul_peak_tflops(plan: Plan) -> float:
     """The dense matmul rate of this device in the training dtype: the MFU's denominator."""
     dtype = torch.float16 if plan.device.type == "cuda" else torch.float32
     n = plan.matmul_size
     a, b = (torch.randn(n, n, device=plan.device, dtype=dtype) for _ in range(2))
-    seconds = seconds_per_call(lambda: a @ b, plan.device, calls=20)
+    seconds = time_side_by_side({"matmul": lambda: a @ b}, plan.device, 20)["matmul"]
     return 2 * n**3 / seconds / 1e12
 
 
@@ -112,7 +103,7 @@ def train_rate(plan: Plan, name: str, compiled: bool) -> dict:
     step()                                        # the first step (and the compile)
     synchronize(plan.device)
     first_s = time.perf_counter() - start
-    seconds = seconds_per_call(step, plan.device, plan.timed_train_steps)
+    seconds = time_side_by_side({name: step}, plan.device, plan.timed_train_steps)[name]
     result = {"images_per_s": plan.global_batch / seconds, "first_step_s": first_s}
     if plan.device.type == "cuda":
         result["peak_gib"] = torch.cuda.max_memory_allocated(plan.device) / 2**30
@@ -176,7 +167,8 @@ def vae_encode_rate(plan: Plan) -> dict:
     images = torch.randn(plan.vae_batch, 3, plan.vae_resolution, plan.vae_resolution,
                          device=plan.device, dtype=plan.sample_dtype)
     with torch.inference_mode():
-        seconds = seconds_per_call(lambda: vae.encode(images).latent_dist.mean, plan.device, 3)
+        encode = {"vae": lambda: vae.encode(images).latent_dist.mean}
+        seconds = time_side_by_side(encode, plan.device, 3)["vae"]
     return {"vae": "SD-VAE architecture" if plan.vae_blocks == SD_VAE_BLOCKS else "tiny VAE",
             "vae_resolution": plan.vae_resolution, "vae_encode_images_per_s":
             plan.vae_batch / seconds}

@@ -19,9 +19,9 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from dice_core.errors import InputError
 from dice_core.config import RESUMABLE_SETTINGS
 from dice_core.durable import write_json_atomic
+from dice_core.errors import InputError
 from dice_core.models import builder_defaults
 from dice_core.models.serialization import save_model
 
