@@ -246,8 +246,22 @@ class Params(Section):
     tracking: TrackingParams
     emissions: EmissionsParams
 
-    def for_model(self, name: str) -> "Params":
-        """These params with ``train.per_model[name]`` applied to ``train``."""
+
+class TrainingJob(Section):
+    """What training reads, and all it reads: the sections the train stage's ``params:`` in
+    dvc.yaml are taken from."""
+    seed: int
+    train: TrainParams
+    evaluate: EvaluateParams
+    tracking: TrackingParams
+    emissions: EmissionsParams
+
+    @classmethod
+    def of(cls, params: Params) -> "TrainingJob":
+        return cls(**{name: getattr(params, name) for name in cls.model_fields})
+
+    def for_model(self, name: str) -> "TrainingJob":
+        """This job with ``train.per_model[name]`` applied to ``train``."""
         return self.model_copy(update={"train": self.train.for_model(name)})
 
 

@@ -2,7 +2,7 @@
 the local folder that ``encode.vae`` points at (the embedded experiment's latent space).
 
 Reads the ``autoencoder`` section of params.yaml and the prepare stage's output.
-    python -m pipelines.autoencoder [--steps N] [--output DIR]
+    python -m pipelines.autoencoder [--pretrained DIR | --steps N] [--output DIR]
 """
 from __future__ import annotations
 
@@ -20,13 +20,14 @@ from .stage_params import add_params_argument, stage_params
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_params_argument(parser, "autoencoder")
+    parser.add_argument("--pretrained", help="a saved diffusers autoencoder to adopt instead "
+                                             "of training one (the SD-VAE, say)")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--output", help="the folder to write (diffusers layout)")
 
 
 def run(args: argparse.Namespace) -> dict:
-    params, config = stage_params(args, "autoencoder", {"steps": args.steps,
-                                                        "output": args.output})
+    params, config = stage_params(args, "autoencoder", ("pretrained", "steps", "output"))
     if config.pretrained:
         return adopt_pretrained(config.pretrained, config.output)
     manifest = read_manifest(params.prepare.output)

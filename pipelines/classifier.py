@@ -23,8 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    params, config = stage_params(args, "classifier", {"epochs": args.epochs,
-                                                       "output": args.output})
+    params, config = stage_params(args, "classifier", ("epochs", "output"))
     manifest = read_manifest(params.prepare.output)
     images, labels = prepared_images(params.prepare.output, config.split)
     model, accuracy = train_classifier(

@@ -26,9 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    _, config = stage_params(args, "encode", {
-        "encoder": args.encoder, "vae": args.vae, "input": args.input, "output": args.output,
-        "device": args.device, "batch_size": args.batch_size})
+    _, config = stage_params(
+        args, "encode", ("encoder", "vae", "input", "output", "device", "batch_size"))
     encoder = load_encoder(config.encoder, config.vae, config.device)
     manifest = encode_dataset(encoder, config.input, config.output,
                               batch_size=config.batch_size, storage_dtype=config.storage_dtype,

@@ -34,9 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    params, config = stage_params(args, "evaluate", {
-        "samples": args.samples, "sampler": args.sampler, "steps": args.steps,
-        "feature_network": args.feature_network, "output": args.output})
+    params, config = stage_params(
+        args, "evaluate", ("samples", "sampler", "steps", "feature_network", "output"))
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise InputError(f"--checkpoint {args.checkpoint}: no such file")
     run_dir = Path(params.train.output) / args.model

@@ -31,8 +31,7 @@ def source_options(config) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    _, config = stage_params(args, "prepare", {"source": args.source, "root": args.root,
-                                               "output": args.output, "workers": args.workers})
+    _, config = stage_params(args, "prepare", ("source", "root", "output", "workers"))
     source = open_source(config.source, config.root, **source_options(config))
     manifest = prepare_dataset(
         source, config.output, splits=config.splits, resolution=config.resolution,

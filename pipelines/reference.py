@@ -27,9 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    params, config = stage_params(args, "evaluate", {
-        "feature_network": args.feature_network, "inception_weights": args.inception_weights,
-        "reference_batch": args.reference_batch, "reference": args.reference})
+    params, config = stage_params(args, "evaluate", (
+        "feature_network", "inception_weights", "reference_batch", "reference"))
     if config.reference_batch:
         summary = reference_from_batch(config)
         made_from = f"the arr_0 images of {config.reference_batch}, with its statistics"

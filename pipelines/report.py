@@ -86,7 +86,7 @@ def write_data_files(out: Path, results, names: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    params, config = stage_params(args, "report", {"output": args.output})
+    params, config = stage_params(args, "report", ("output",))
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     network = params.evaluate.feature_network
@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> dict:
     sections = {"table1": table1(results, network), "table2": table2(results),
                 "ranking": ranking_section(intervals, RANKED,
                                            dice_models[0] if dice_models else None),
-                "protocol": protocol_notes(params, paper_params(args.params), manifest),
+                "protocol": protocol_notes(params.train, params.evaluate,
+                                           paper_params(args.params), manifest),
                 "autoencoder": autoencoder_section(*autoencoder),
                 "emissions": emissions_table(results, totals),
                 "stage_times": stage_times_section(times)}

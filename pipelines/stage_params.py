@@ -32,11 +32,14 @@ def through_running_ui(params: Params, root: Path = Path(".")) -> Params:
     return params.model_copy(update={"tracking": params.tracking.model_copy(update={"uri": uri})})
 
 
-def stage_params(args: argparse.Namespace, section: str, flags: dict) -> tuple[Params, object]:
-    """(all params, the section with every flag that is not None applied and re-validated)."""
+def stage_params(args: argparse.Namespace, section: str,
+                 flags: tuple[str, ...]) -> tuple[Params, object]:
+    """(all params, the section with ``args.<key>`` laid over its ``<key>`` for each key of
+    ``flags`` whose flag was given, and re-validated)."""
     params = through_running_ui(load_params(args.params))
     current = getattr(params, section)
-    return params, flags_over(type(current), current.model_dump(), flags)
+    given = {key: getattr(args, key) for key in flags}
+    return params, flags_over(type(current), current.model_dump(), given)
 
 
 def flags_over(section_type: type, values: dict, flags: dict):

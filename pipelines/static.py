@@ -13,16 +13,15 @@ import torch
 from tqdm import tqdm
 
 from dice_core.analysis.static import StaticReport, analyze
-from dice_core.config import DEFAULT_PARAMS, StaticParams
+from dice_core.config import StaticParams
 from dice_core.durable import write_json_atomic
 from dice_core.text_table import format_table
 
-from .stage_params import stage_params
+from .stage_params import add_params_argument, stage_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default=str(DEFAULT_PARAMS),
-                        help="params.yaml to read the 'static' section from")
+    add_params_argument(parser, "static")
     parser.add_argument("--models", nargs="+", help="model presets (default: from params)")
     parser.add_argument("--json", dest="output", help="write the reports to this JSON file")
     parser.add_argument("--device", help="device for the samples/s measurement")
@@ -37,9 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings(args: argparse.Namespace) -> StaticParams:
     """The params.yaml section, with the flags given on the command line laid over it."""
-    flags = {key: getattr(args, key) for key in
-             ("models", "output", "device", "dtype", "batch_size", "ddpm_steps", "timed_steps")}
-    return stage_params(args, "static", flags)[1]
+    return stage_params(args, "static", ("models", "output", "device", "dtype", "batch_size",
+                                         "ddpm_steps", "timed_steps"))[1]
 
 
 def report_table(reports: list[StaticReport]) -> str:

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from dice_core.config import TrainingJob
 from dice_core.errors import InputError
 from dice_core.models import get_preset
 from dice_core.training.runner import train_models
@@ -44,11 +45,10 @@ def select_models(requested: list[str] | None, configured: list[str]) -> list[st
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    params, train = stage_params(args, "train", {
-        "steps": args.steps, "output": args.output, "backend": args.backend,
-        "workers": args.workers, "ray_address": args.ray_address, "device": args.device})
-    params = params.model_copy(update={"train": train})
-    summaries = train_models(params, select_models(args.model, train.models))
+    params, train = stage_params(
+        args, "train", ("steps", "output", "backend", "workers", "ray_address", "device"))
+    job = TrainingJob.of(params.model_copy(update={"train": train}))
+    summaries = train_models(job, select_models(args.model, train.models))
     print(json.dumps(summaries, indent=2))
     return summaries
 

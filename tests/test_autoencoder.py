@@ -79,6 +79,23 @@ def test_encode_refuses_a_missing_autoencoder_naming_the_stage(tmp_path):
         VAEEncoder(str(tmp_path / "data" / "autoencoder"))
 
 
+def test_a_pretrained_autoencoder_is_adopted_and_a_missing_one_named(tmp_path, capsys):
+    from diffusers import AutoencoderKL
+    from pipelines.cli import main as dice_main
+    from helpers import save_tiny_vae
+    source = save_tiny_vae(tmp_path / "sd-vae")
+    assert dice_main(["autoencoder", "--pretrained", str(source),
+                      "--output", str(tmp_path / "adopted")]) == 0
+    adopted = AutoencoderKL.from_pretrained(tmp_path / "adopted").state_dict()
+    original = AutoencoderKL.from_pretrained(source).state_dict()
+    assert adopted.keys() == original.keys()
+    assert all(torch.equal(adopted[key], original[key]) for key in original)
+    assert dice_main(["autoencoder", "--pretrained", str(tmp_path / "missing"),
+                      "--output", str(tmp_path / "other")]) == 2
+    assert "autoencoder.pretrained: no folder" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
 def test_encode_refuses_an_autoencoder_made_for_other_data(autoencoder_dir, tmp_path):
     source = Shapes(num_classes=2, image_size=24, count_per_class={"train": 4}, seed=0)
     prepare_dataset(source, tmp_path / "prepared", splits=["train"], resolution=24,

@@ -67,6 +67,29 @@ def test_params_yaml_is_the_one_place_a_value_is_chosen():
     assert defaults(Params, yaml.safe_load(PROJECT_PARAMS.read_text()), "") == []
 
 
+# Settings training reads that cannot change a model or its run folder, so that DVC does not
+# retrain for them: where and how often things are logged, the loader's processes, where Ray
+# and the reference's source are, and what a resume may change (the changed values are tracked).
+TRAIN_STAGE_UNTRACKED = {
+    "train.models", "train.log_every", "train.loader_workers", "train.ray_address",
+    "train.resume_changes", "evaluate.reference_split", "evaluate.reference_batch",
+    "evaluate.output", "tracking"}
+
+
+def test_the_train_stage_tracks_every_setting_of_the_training_job_but_the_cadence_ones():
+    from dice_core.config import TrainingJob
+    stage = yaml.safe_load((PROJECT_PARAMS.parent / "dvc.yaml").read_text())["stages"]["train"]
+    listed = {key.replace(".${item.model}", "") for key in stage["params"]}
+    expected = set()
+    for section, field in TrainingJob.model_fields.items():
+        inner = getattr(field.annotation, "model_fields", None)
+        if inner is None or section in listed | TRAIN_STAGE_UNTRACKED:
+            expected.add(section)
+        else:
+            expected |= {f"{section}.{name}" for name in inner}
+    assert listed == expected - TRAIN_STAGE_UNTRACKED
+
+
 def test_missing_or_broken_file_says_what_to_do(tmp_path):
     with pytest.raises(ParamsError, match="not found: run from the project root"):
         load_params(tmp_path / "nope.yaml")
@@ -93,9 +116,9 @@ def test_every_model_needs_its_own_settings_entry_and_gets_them_laid_over_train(
     path = write_params(tmp_path, lambda raw: raw["train"]["per_model"]["dit-t"].update(
         lr=0.5, model_overrides={"depth": 2}))
     params = load_params(path)
-    assert params.for_model("dit-t").train.lr == 0.5
-    assert params.for_model("dit-t").train.model_overrides == {"depth": 2}
-    assert params.for_model("dice-t").train == params.train
+    assert params.train.for_model("dit-t").lr == 0.5
+    assert params.train.for_model("dit-t").model_overrides == {"depth": 2}
+    assert params.train.for_model("dice-t") == params.train
     path = write_params(tmp_path, lambda raw: raw["train"]["per_model"]["dit-t"].update(steps=9))
     with pytest.raises(ParamsError, match=r"train\.per_model\.dit-t\.steps: Extra inputs"):
         load_params(path)
@@ -107,7 +130,7 @@ def test_a_profile_and_overrides_are_validated_and_keep_the_files_comments(tmp_p
     shutil.copy(PROJECT_PARAMS, path)
     assert update_params(path, None, ["train.steps=7", "train.per_model.dit-t.lr=0.25"])
     params = load_params(path)
-    assert params.train.steps == 7 and params.for_model("dit-t").train.lr == 0.25
+    assert params.train.steps == 7 and params.train.for_model("dit-t").lr == 0.25
     assert "# the paper: 35000" in path.read_text()
     before = path.read_text()
     with pytest.raises(ParamsError, match=r"(?s)-S train\.stepz=1 does not match.*train\.stepz"):

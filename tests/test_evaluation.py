@@ -8,7 +8,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from dice_core.config import Params
+from dice_core.config import Params, TrainingJob
 from dice_core.data import read_manifest, seal_manifest
 from dice_core.data.encoders import decoder_for
 from dice_core.evaluation.evaluate import evaluate_model
@@ -59,7 +59,7 @@ def test_dice_evaluate_writes_metrics_samples_and_grid_and_repeats_exactly(
     raw = eval_params(tmp_path, data, mlflow_server.uri)
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(raw))
-    train_model(Params.model_validate(raw), "dit-t")
+    train_model(TrainingJob.of(Params.model_validate(raw)), "dit-t")
     outputs = []
     for attempt in ("first", "second"):
         out = tmp_path / attempt
@@ -226,7 +226,7 @@ def test_training_logs_the_evaluation_metrics_at_their_steps(tmp_path, data, ref
                                                              mlflow_server):
     raw = eval_params(tmp_path, data, mlflow_server.uri)
     raw["train"].update(steps=4, eval_every=2, ckpt_every=2)
-    summary = train_model(Params.model_validate(raw), "dit-t")
+    summary = train_model(TrainingJob.of(Params.model_validate(raw)), "dit-t")
     client = MlflowClient(mlflow_server.uri)
     steps = [m.step for m in client.get_metric_history(summary["run_id"], "eval/fd_effnet")]
     assert steps == [2, 4]
@@ -243,7 +243,7 @@ def test_the_report_has_both_tables_the_figures_and_reaches_the_parent_run(
     raw["report"].update(output=str(tmp_path / "report"), ddpm_steps=4, timed_steps=2)
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(raw))
-    [first, _] = train_models(Params.model_validate(raw), ["dice-t", "dit-t"])
+    [first, _] = train_models(TrainingJob.of(Params.model_validate(raw)), ["dice-t", "dit-t"])
     assert dice_main(["report", "--params", str(params_file)]) == 0
 
     report = (tmp_path / "report" / "report.md").read_text()
@@ -288,7 +288,7 @@ def test_the_classifier_learns_the_real_classes_and_scores_the_samples(tmp_path,
     images, labels = prepared_images(data / "prepared", "train")   # images it never saw
     assert class_accuracy(classifier, images, labels) >= 0.8
 
-    train_model(Params.model_validate(raw), "dit-t")
+    train_model(TrainingJob.of(Params.model_validate(raw)), "dit-t")
     assert dice_main(["evaluate", "--params", str(params_file), "--model", "dit-t"]) == 0
     metrics = json.loads((tmp_path / "eval" / "dit-t" / "metrics.json").read_text())
     assert 0.0 <= metrics["class_accuracy"] <= 1.0

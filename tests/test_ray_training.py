@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dice_core.config import Params
+from dice_core.config import Params, TrainingJob
 from dice_core.data import DataError
 from dice_core.training.ray_backend import restore_checkpoint, train_with_ray
 from helpers import tiny_latents
@@ -35,7 +35,7 @@ def latents(tmp_path_factory):
                         image_size=16, resolution=8, shard_size=8)
 
 
-def ray_params(latents, output: Path, steps: int, ray_address: str | None = None) -> Params:
+def ray_params(latents, output: Path, steps: int, ray_address: str | None = None) -> TrainingJob:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["train"].update(models=[MODEL], data=str(latents), output=str(output), steps=steps,
                         global_batch=8, ckpt_every=2, log_every=1, eval_every=1000,
@@ -44,7 +44,7 @@ def ray_params(latents, output: Path, steps: int, ray_address: str | None = None
     raw["tracking"].update(uri=f"sqlite:///{output / 'mlflow.db'}", log_images=False)
     # no reference: the final step's evaluation must not pick up the project's data/
     raw["evaluate"]["reference"] = str(output / "no-reference.npz")
-    return Params.model_validate(raw)
+    return TrainingJob.of(Params.model_validate(raw))
 
 
 def hash_lines(output: Path, rank: int) -> list[str]:

@@ -100,7 +100,8 @@ def test_the_protocol_notes_name_every_departure_of_the_default_profile():
     params = load_params()
     manifest = {"source": "fashion-mnist", "resolution": 32, "latent_shape": [4, 8, 8],
                 "encoder": "vae:autoencoder"}
-    notes = protocol_notes(params, paper_params("params.yaml"), manifest)
+    notes = protocol_notes(params.train, params.evaluate, paper_params("params.yaml"),
+                           manifest)
     assert f"{params.train.steps} steps of {params.train.global_batch}" in notes
     assert "(the paper: 35000 of 128 at lr 0.0001)" in notes     # from profiles/imagenet.yaml
     assert "EMA decay" in notes and "warmed up" in notes and "(the paper: 0.9999, no" in notes

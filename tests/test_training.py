@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from dice_core.config import Params
+from dice_core.config import Params, TrainingJob, load_params
 from dice_core.training import CheckpointMismatch, NonFiniteLoss, train_model
 from dice_core.training import steps as steps_module
 from dice_core.training.checkpoint import CheckpointStore
@@ -33,8 +33,8 @@ def shards(tmp_path_factory):
                         image_size=8, resolution=8, shard_size=12)
 
 
-def make_params(tmp_path, shards, uri, **train) -> Params:
-    return Params.model_validate(training_params(tmp_path, shards, uri, **train))
+def make_params(tmp_path, shards, uri, **train) -> TrainingJob:
+    return TrainingJob.of(Params.model_validate(training_params(tmp_path, shards, uri, **train)))
 
 
 def loss_history(uri, run_id) -> dict[int, set[float]]:
@@ -328,7 +328,7 @@ def test_an_impossible_combination_fails_before_any_work(tmp_path, shards, train
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(training_params(tmp_path, shards, None, **train)))
     with pytest.raises(ValueError, match=message):
-        train_models(Params.model_validate(yaml.safe_load(params_file.read_text())), ["dit-t"])
+        train_models(TrainingJob.of(load_params(params_file)), ["dit-t"])
     assert dice_main(["train", "--params", str(params_file)]) == 2
     assert not (tmp_path / "runs").exists()
 
@@ -337,7 +337,7 @@ def test_mlflow_holds_nested_runs_metrics_at_their_steps_and_artifacts(tmp_path,
                                                                        mlflow_server):
     raw = training_params(tmp_path, shards, mlflow_server.uri, eval_every=3)
     raw["tracking"]["log_images"] = True
-    [summary] = train_models(Params.model_validate(raw), ["dit-t"])
+    [summary] = train_models(TrainingJob.of(Params.model_validate(raw)), ["dit-t"])
     client = MlflowClient(mlflow_server.uri)
     run = client.get_run(summary["run_id"])
     parent_id = run.data.tags["mlflow.parentRunId"]

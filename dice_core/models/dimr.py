@@ -283,20 +283,22 @@ class DiMR(DiffusionBackbone):
         return h, states
 
 
-register_preset("dimr-xl-2r", "dimr", DiMR,
-                note="official DiMR-XL/2R: Transformer 960 wide x 39 blocks on 2x2 patches, "
-                     "ConvNeXt 480 wide x 21 blocks at full resolution",
-                transformer_width=960, transformer_depth=39, num_heads=16,
-                convnext_width=480, convnext_depth=21)
-register_preset("dimr-dice-paper", "dimr", DiMR,
-                note="the DICE paper's DiMR row: DiMR-XL/2R's design at widths 512/256 (from "
-                     "960/480) and depths 29/15 (from 39/21), 8 heads of 64; with 2*C-channel "
-                     "heads this gives that row's 107,452,688 parameters exactly",
-                transformer_width=512, transformer_depth=29, num_heads=8,
-                convnext_width=256, convnext_depth=15)
-register_preset("dimr-t", "dimr", DiMR,
-                note="CPU-sized: Transformer 64 wide x 9 blocks (4 heads), ConvNeXt 40 wide x "
-                     "5 blocks; XL/2R's depth ratio, its ConvNeXt widened so that the tiny "
-                     "presets stay within 10% of each other in size on small latents too",
-                transformer_width=64, transformer_depth=9, num_heads=4,
-                convnext_width=40, convnext_depth=5)
+def _register(name: str, transformer: tuple[int, int], convnext: tuple[int, int], heads: int,
+              note: str) -> None:
+    """A DiMR preset of a (width, depth) Transformer and a (width, depth) ConvNeXt."""
+    register_preset(name, "dimr", DiMR, note=note, num_heads=heads,
+                    transformer_width=transformer[0], transformer_depth=transformer[1],
+                    convnext_width=convnext[0], convnext_depth=convnext[1])
+
+
+_register("dimr-xl-2r", (960, 39), (480, 21), 16,
+          "official DiMR-XL/2R: Transformer 960 wide x 39 blocks on 2x2 patches, ConvNeXt 480 "
+          "wide x 21 blocks at full resolution")
+_register("dimr-dice-paper", (512, 29), (256, 15), 8,
+          "the DICE paper's DiMR row: DiMR-XL/2R's design at widths 512/256 (from 960/480) and "
+          "depths 29/15 (from 39/21), 8 heads of 64; with 2*C-channel heads this gives that "
+          "row's 107,452,688 parameters exactly")
+_register("dimr-t", (64, 9), (40, 5), 4,
+          "CPU-sized: Transformer 64 wide x 9 blocks (4 heads), ConvNeXt 40 wide x 5 blocks; "
+          "XL/2R's depth ratio, its ConvNeXt widened so that the tiny presets stay within 10% "
+          "of each other in size on small latents too")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dice_core.config import Params
+from dice_core.config import EvaluateParams, Params, TrainParams
 
 from .intervals import Interval, rank, verdict
 from .tables import markdown, number
@@ -61,10 +61,10 @@ def autoencoder_section(meta: dict | None, reconstruction_accuracy: float | None
     return "\n".join(lines)
 
 
-def protocol_notes(params: Params, paper: Params, manifest: dict) -> str:
+def protocol_notes(train: TrainParams, evaluate: EvaluateParams, paper: Params,
+                   manifest: dict) -> str:
     """One line per place where this run departs from the paper's protocol; ``paper`` is the
     ImageNet profile laid over params.yaml, the one home of the paper's values."""
-    train, evaluate = params.train, params.evaluate
     notes = [note for note in (
         data_note(paper, manifest),
         departure(train, paper.train, ("steps", "global_batch", "lr"), training_text),

@@ -40,30 +40,31 @@ def barrier() -> None:
         dist.barrier()
 
 
-def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    problems = []
+def differences(saved: dict, current: dict, prefix: str = "") -> dict[str, str]:
+    """{signature key: how the checkpoint's value and this run's differ}."""
+    problems = {}
     for key in sorted(set(saved) | set(current)):
         old, new = saved.get(key), current.get(key)
         if key == "model_config" and isinstance(old, dict) and isinstance(new, dict):
             # a field set to the builder's default is the same model as one left unset
             defaults = builder_defaults(current["model"])
-            problems += differences(as_json({**defaults, **old}), as_json({**defaults, **new}),
+            problems |= differences(as_json({**defaults, **old}), as_json({**defaults, **new}),
                                     "model_config.")
         elif old != new:
-            problems.append(f"{prefix}{key}: checkpoint has {old!r}, this run has {new!r}")
+            problems[f"{prefix}{key}"] = f"checkpoint has {old!r}, this run has {new!r}"
     return problems
 
 
-def mismatch_message(folder: Path, run_dir: Path, problems: list[str]) -> str:
+def mismatch_message(folder: Path, run_dir: Path, problems: dict[str, str]) -> str:
     message = (f"the checkpoint in {folder} was written for another run:\n  "
-               + "\n  ".join(problems))
-    if any(problem.startswith("data:") for problem in problems):
+               + "\n  ".join(f"{key}: {problem}" for key, problem in problems.items()))
+    if "data" in problems:
         message += ("\nThe training data changed since (new latents, another encoder or "
                     "autoencoder): these checkpoints were trained on other data and are not "
                     "mixed with it.")
     message += ("\nUse another train.output folder for this configuration, or delete "
                 f"{run_dir} to start this one afresh (then dvc repro train).")
-    if any(problem.split(":")[0] in RESUMABLE_SETTINGS for problem in problems):
+    if set(problems) & set(RESUMABLE_SETTINGS):
         message += (f"\nTo resume this run with new values of {' or '.join(RESUMABLE_SETTINGS)}"
                     ", list them in train.resume_changes (for example resume_changes: [lr]).")
     return message

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from dice_core.config import Params
+from dice_core.config import TrainingJob
 from dice_core.data import check_lanes
 
 from .periodic import Evaluation, divergence, due, finish, log_progress, save_checkpoint
@@ -19,19 +19,19 @@ from .session import Placement, open_session
 from .steps import optimiser_step
 
 
-def train_model(params: Params, model_name: str, placement: Placement | None = None) -> dict:
+def train_model(job: TrainingJob, model_name: str, placement: Placement | None = None) -> dict:
     """Trains ``model_name`` to ``train.steps`` (resuming its run folder) and returns a summary.
     Refused at once when another process trains in the same run folder."""
     placement = placement or Placement()
-    params = params.for_model(model_name)
+    job = job.for_model(model_name)
     # before the engine and the MLflow run: too many loader lanes for the shards is refused now
-    check_lanes(params.train.data, placement.world_size, params.train.loader_workers)
-    with RunFolderLock(Path(params.train.output) / model_name, enabled=placement.rank == 0):
-        return _train(params, model_name, placement)
+    check_lanes(job.train.data, placement.world_size, job.train.loader_workers)
+    with RunFolderLock(Path(job.train.output) / model_name, enabled=placement.rank == 0):
+        return _train(job, model_name, placement)
 
 
-def _train(params: Params, model_name: str, placement: Placement) -> dict:
-    s = open_session(params, model_name, placement)
+def _train(job: TrainingJob, model_name: str, placement: Placement) -> dict:
+    s = open_session(job, model_name, placement)
     train = s.train
     evaluate = Evaluation(s)
     bar = tqdm(total=train.steps, initial=s.start_step, desc=model_name, unit="step",

@@ -41,8 +41,8 @@ class Evaluation:
 
     def __init__(self, s: Session):
         self.s = s
-        self.config = s.params.evaluate.for_training()
-        self.reference = Path(s.params.evaluate.reference)
+        self.config = s.job.evaluate.for_training()
+        self.reference = Path(s.job.evaluate.reference)
         self.evaluator = None
         self.grid_decoder = None
         self.warned = False
@@ -55,7 +55,7 @@ class Evaluation:
             self.warned = True
             print(f"no reference statistics at {self.reference}: evaluation logs sample grids "
                   "only; run `dvc repro reference` for the metrics")
-        if self.s.params.tracking.log_images:
+        if self.s.job.tracking.log_images:
             self._grid(step)
 
     def _metrics(self, step: int) -> None:
@@ -65,7 +65,7 @@ class Evaluation:
         metrics = self.evaluator(s.ema.module, folder)
         s.tracker.log_metrics({f"eval/{key}": value for key, value in metrics.items()
                                if isinstance(value, (int, float))}, step=step)
-        if s.params.tracking.log_images:
+        if s.job.tracking.log_images:
             s.tracker.log_artifact(folder / "grid.png", f"samples/step-{step:07d}")
 
     def _grid(self, step: int) -> None:

@@ -10,7 +10,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from dice_core.config import Params
+from dice_core.config import TrainingJob
 from dice_core.durable import write_json_atomic
 
 from .checkpoint import LATEST, STATE_FILE, CheckpointStore, barrier
@@ -18,10 +18,10 @@ from .loop import train_model
 from .session import Placement
 
 
-def train_with_ray(params: Params, model_name: str, parent_run_id: str | None) -> dict:
+def train_with_ray(job: TrainingJob, model_name: str, parent_run_id: str | None) -> dict:
     """Trains ``model_name`` on Ray (resuming its run) and returns rank 0's summary. A worker's
     error is raised here as the worker raised it."""
-    train = params.train
+    train = job.train
     if train.ray_address is None:
         # Read when ray is first imported: a cluster started here then listens on 127.0.0.1.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -29,7 +29,7 @@ def train_with_ray(params: Params, model_name: str, parent_run_id: str | None) -
     from ray.train.torch import TorchTrainer
 
     output = Path(train.output).resolve()
-    config = {"params": params.model_dump(mode="json"), "model": model_name,
+    config = {"job": job.model_dump(mode="json"), "model": model_name,
               "parent_run_id": parent_run_id, "cwd": os.getcwd()}
     with ray_connection(train.ray_address, train.workers):
         trainer = TorchTrainer(
@@ -96,9 +96,9 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    params = Params.model_validate(config["params"])
+    job = TrainingJob.model_validate(config["job"])
     model_name = config["model"]
-    # Ray starts workers in its own folder; relative paths in params mean the caller's.
+    # Ray starts workers in its own folder; relative paths in the job mean the caller's.
     os.chdir(config["cwd"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
@@ -106,7 +106,7 @@ def train_loop_per_worker(config: dict) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(context.get_local_rank()))
 
-    run_dir = Path(params.train.output) / model_name
+    run_dir = Path(job.train.output) / model_name
     if rank == 0:
         restore_checkpoint(ray.train.get_checkpoint(), run_dir)
     barrier()
@@ -115,8 +115,8 @@ def train_loop_per_worker(config: dict) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(path),
                          checkpoint_dir_name=path.name)
 
-    train_model(params, model_name, Placement(rank, world_size, ray.train.torch.get_device(),
-                                           config["parent_run_id"], on_checkpoint=report))
+    train_model(job, model_name, Placement(rank, world_size, ray.train.torch.get_device(),
+                                        config["parent_run_id"], on_checkpoint=report))
 
 
 def restore_checkpoint(checkpoint, run_dir: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dice_core.config import Params
+from dice_core.config import TrainingJob, TrainParams
 from dice_core.data import check_lanes, read_latent_manifest
 from dice_core.devices import pick_device
 from dice_core.errors import InputError
@@ -17,9 +17,8 @@ from .loop import train_model
 from .session import Placement
 
 
-def preflight(params: Params) -> None:
+def preflight(train: TrainParams) -> None:
     """Everything that can be refused before any work starts."""
-    train = params.train
     batch_layout(train.global_batch, train.micro_batch, train.workers)
     resolve_precision(train.precision, pick_device(train.device))
     if train.backend == "local" and train.workers != 1:
@@ -28,31 +27,31 @@ def preflight(params: Params) -> None:
     check_lanes(train.data, train.workers, train.loader_workers)
 
 
-def train_models(params: Params, models: list[str]) -> list[dict]:
-    preflight(params)
-    train = params.train
-    parent = open_pipeline_run(params.tracking, train.output)
+def train_models(job: TrainingJob, models: list[str]) -> list[dict]:
+    train = job.train
+    preflight(train)
+    parent = open_pipeline_run(job.tracking, train.output)
     summaries = []
     status = "FAILED"       # a child that fails fails its parent; a later run that
     try:                    # finishes them all marks the parent finished again
         for name in models:
             if train.backend == "ray":
                 from .ray_backend import train_with_ray
-                summaries.append(train_with_ray(params, name, parent.run_id))
+                summaries.append(train_with_ray(job, name, parent.run_id))
             else:
-                summaries.append(train_model(params, name, Placement(parent_run_id=parent.run_id)))
-        parent.log_metrics(pipeline_totals(params), step=0)
+                summaries.append(train_model(job, name, Placement(parent_run_id=parent.run_id)))
+        parent.log_metrics(pipeline_totals(train), step=0)
         status = "FINISHED"
     finally:
         parent.close(status)
     return summaries
 
 
-def pipeline_totals(params: Params) -> dict:
+def pipeline_totals(train: TrainParams) -> dict:
     """Emissions summed over every model of train.models that has finished a run so far."""
     runs = []
-    for name in params.train.models:
-        path = Path(params.train.output) / name / "summary.json"
+    for name in train.models:
+        path = Path(train.output) / name / "summary.json"
         if path.is_file():
             runs.append(json.loads(path.read_text()).get("emissions", {}))
     return {f"total/{key}": value for key, value in total_emissions(runs).items()}

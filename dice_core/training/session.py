@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from dice_core.config import Params, TrainParams
+from dice_core.config import EmissionsParams, TrackingParams, TrainingJob, TrainParams
 from dice_core.data import make_loader, read_latent_manifest
 from dice_core.devices import pick_device
 from dice_core.diffusion import create_diffusion
@@ -39,7 +39,7 @@ class Placement:
 @dataclass
 class Session:
     model_name: str
-    params: Params          # already laid over with the model's per_model settings
+    job: TrainingJob        # already laid over with the model's per_model settings
     placement: Placement
     run_dir: Path
     manifest: dict
@@ -64,11 +64,11 @@ class Session:
 
     @property
     def train(self) -> TrainParams:
-        return self.params.train
+        return self.job.train
 
     @property
     def seed(self) -> int:
-        return self.params.seed
+        return self.job.seed
 
     @property
     def num_classes(self) -> int:
@@ -87,8 +87,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def open_session(params: Params, model_name: str, placement: Placement) -> Session:
-    train = params.train
+def open_session(job: TrainingJob, model_name: str, placement: Placement) -> Session:
+    train = job.train
     manifest = read_latent_manifest(train.data)
     layout = batch_layout(train.global_batch, train.micro_batch, placement.world_size)
     device = placement.device or pick_device(train.device)
@@ -96,26 +96,26 @@ def open_session(params: Params, model_name: str, placement: Placement) -> Sessi
     run_dir = Path(train.output) / model_name
     run_dir.mkdir(parents=True, exist_ok=True)
     model, ema, optimizer, engine, ds_config = build_engine(
-        model_name, train, params.seed, manifest, layout, precision, device)
-    signature = run_signature(model_name, model, params, precision, layout, placement, manifest)
+        model_name, train, job.seed, manifest, layout, precision, device)
+    signature = run_signature(model_name, model, job, precision, layout, placement, manifest)
     store = CheckpointStore(run_dir, placement.rank, train.keep_checkpoints)
     state = resume(store, engine, ema, optimizer, signature, train)
     if placement.rank == 0:   # only now: a refused resume leaves the run folder's record as it was
         write_json_atomic(run_dir / "deepspeed_config.json", ds_config)
     start_step = state.get("step", 0)
-    tracker = open_tracker(params, model_name, run_dir, placement)
+    tracker = open_tracker(job.tracking, model_name, run_dir, placement)
     if start_step == 0:
-        tracker.log_params(run_params(model_name, model, params, precision, layout, placement,
+        tracker.log_params(run_params(model_name, model, job, precision, layout, placement,
                                       manifest))
     else:
         record_resume_changes(tracker, state["signature"], signature, train.resume_changes,
                               start_step)
-    loader = make_loader(train.data, batch_size=layout.micro_batch, seed=params.seed,
+    loader = make_loader(train.data, batch_size=layout.micro_batch, seed=job.seed,
                          rank=placement.rank, world_size=placement.world_size,
                          num_workers=train.loader_workers,
                          start_batch=start_step * layout.accumulation)
     return Session(
-        model_name=model_name, params=params, placement=placement, run_dir=run_dir,
+        model_name=model_name, job=job, placement=placement, run_dir=run_dir,
         manifest=manifest, layout=layout, device=device, precision=precision, model=model,
         ema=ema, optimizer=optimizer, engine=engine,
         adapter=PrecisionAdapter(engine, model_dtype(precision)),
@@ -123,7 +123,7 @@ def open_session(params: Params, model_name: str, placement: Placement) -> Sessi
         start_step=start_step, window=LossWindow.from_state(state.get("window")),
         guard=DivergenceGuard.from_state(state, train.max_nonfinite_steps,
                                          train.healthy_loss_factor),
-        tracker=tracker, emissions=open_emissions(params, run_dir, placement, device),
+        tracker=tracker, emissions=open_emissions(job.emissions, run_dir, placement, device),
         loader=loader,
         hashes=InputHashLog(run_dir / f"input_hashes.rank{placement.rank}.txt", start_step))
 
@@ -148,14 +148,14 @@ def build_engine(model_name: str, train: TrainParams, seed: int, manifest: dict,
     return model, ema, optimizer, engine, ds_config
 
 
-def run_signature(model_name: str, model, params: Params, precision: str, layout: BatchLayout,
+def run_signature(model_name: str, model, job: TrainingJob, precision: str, layout: BatchLayout,
                   placement: Placement, manifest: dict) -> dict:
     """What a checkpoint must agree with to be resumed by this run."""
-    train = params.train
+    train = job.train
     return {"model": model_name, "model_config": model.preset_config,
             "precision": precision, "global_batch": layout.global_batch,
             "micro_batch": layout.micro_batch, "world_size": placement.world_size,
-            "seed": params.seed, "lr": train.lr, "weight_decay": train.weight_decay,
+            "seed": job.seed, "lr": train.lr, "weight_decay": train.weight_decay,
             "ema_decay": train.ema_decay, "ema_warmup": train.ema_warmup,
             "loader_workers": train.loader_workers, "data": manifest["params_hash"]}
 
@@ -171,19 +171,19 @@ def resume(store: CheckpointStore, engine, ema, optimizer: FiniteAdamW, signatur
     return state
 
 
-def open_tracker(params: Params, model_name: str, run_dir: Path,
+def open_tracker(tracking: TrackingParams, model_name: str, run_dir: Path,
                  placement: Placement) -> RunTracker:
-    return RunTracker(params.tracking.uri, params.tracking.experiment, run_dir / "tracking",
+    return RunTracker(tracking.uri, tracking.experiment, run_dir / "tracking",
                       run_name=model_name, parent_run_id=placement.parent_run_id,
                       tags={"model": model_name, "family": get_preset(model_name).family},
-                      enabled=placement.rank == 0, retry_seconds=params.tracking.retry_seconds,
+                      enabled=placement.rank == 0, retry_seconds=tracking.retry_seconds,
                       once_per_step=True)
 
 
-def run_params(model_name: str, model, params: Params, precision: str, layout: BatchLayout,
+def run_params(model_name: str, model, job: TrainingJob, precision: str, layout: BatchLayout,
                placement: Placement, manifest: dict) -> dict:
     return {"model": model_name, "model_config": model.preset_config,
-            "train": params.train.model_dump(), "seed": params.seed,
+            "train": job.train.model_dump(), "seed": job.seed,
             "precision": precision, "accumulation": layout.accumulation,
             "world_size": placement.world_size,
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -202,13 +202,13 @@ def record_resume_changes(tracker: RunTracker, saved: dict, signature: dict,
         tracker.set_tags({f"resumed_at_step_{step}": "; ".join(changes)})
 
 
-def open_emissions(params: Params, run_dir: Path, placement: Placement,
+def open_emissions(emissions: EmissionsParams, run_dir: Path, placement: Placement,
                    device: torch.device) -> EmissionsMeter | None:
     if placement.rank != 0:
         return None
-    emissions = EmissionsMeter(run_dir / "emissions", params.emissions.country_iso_code,
-                               gpus=placement.world_size if device.type == "cuda" else 0,
-                               board_power_watts=params.emissions.board_power_watts,
-                               grid_g_per_kwh=params.emissions.grid_g_per_kwh)
-    emissions.start()
-    return emissions
+    meter = EmissionsMeter(run_dir / "emissions", emissions.country_iso_code,
+                           gpus=placement.world_size if device.type == "cuda" else 0,
+                           board_power_watts=emissions.board_power_watts,
+                           grid_g_per_kwh=emissions.grid_g_per_kwh)
+    meter.start()
+    return meter
