@@ -70,6 +70,7 @@ static: setup
 bench: setup
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/depthwise.py
+	$(BIN)/python bench/dice_mlp.py
 	$(BIN)/python bench/data.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/eval.py

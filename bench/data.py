@@ -27,6 +27,7 @@ from dice_core.data.encode import encode_views
 from dice_core.data.encoders import PixelEncoder, VAEEncoder
 from dice_core.data.loader import make_loader
 from dice_core.data.shards import ShardSetBuilder, make_sample
+from dice_core.devices import reuse_freed_cpu_memory
 from dice_core.models import build_model
 from dice_core.text_table import format_table
 
@@ -98,6 +99,7 @@ def main() -> None:
     parser.add_argument("--vae-images", type=int, default=8)
     parser.add_argument("--loader-batches", type=int, default=40)
     args = parser.parse_args()
+    reuse_freed_cpu_memory()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     vae_images = args.vae_images * (16 if device.type == "cuda" else 1)
 

@@ -1,7 +1,8 @@
 """DICE's two depthwise 7x7 'hands', forward+backward, in the ways they could be computed:
-implicit padding (the convolution pads), padding by hand (``F.pad`` first), and the two hands
-fused into one grouped convolution, at the shapes of dice-t's stages. Channels-last inputs,
-interleaved rounds, median per variant. Results go to bench/results/depthwise-*.{json,md}.
+implicit padding (the convolution pads), padding by hand (``F.pad`` first), the two hands
+fused into one grouped convolution, and on the CPU either padding with the bias gradient
+taken as a plain sum (``dice_core.models.hands``), at the shapes of dice-t's stages.
+Channels-last inputs, interleaved rounds, median per variant. Results go to bench/results/depthwise-*.{json,md}.
 
     python bench/depthwise.py [--rounds 9]
 """
@@ -14,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from dice_core.benchmarking import device_name, time_side_by_side, write_record
+from dice_core.devices import reuse_freed_cpu_memory
+from dice_core.models.hands import _CpuDepthwise
 from dice_core.text_table import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -29,22 +32,32 @@ def hand_steps(batch: int, channels: int, size: int, device: torch.device) -> di
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
     left, right = (torch.randn(channels, 1, 7, 7, generator=generator).to(device)
                    .requires_grad_(True) for _ in range(2))
+    left_bias, right_bias = (torch.randn(channels, generator=generator).to(device)
+                             .requires_grad_(True) for _ in range(2))
 
-    def two(padded: bool):
+    def two(padded: bool, conv=F.conv2d):
         def step():
             inp, pad = (F.pad(x, (3, 3, 3, 3)), 0) if padded else (x, 3)
-            a = F.conv2d(inp, left, padding=pad, groups=channels)
-            b = F.conv2d(inp, right, padding=pad, groups=channels)
+            a = conv(inp, left, left_bias, padding=pad, groups=channels)
+            b = conv(inp, right, right_bias, padding=pad, groups=channels)
             (a * b).sum().backward()
         return step
 
+    def bias_summed(inp, weight, bias, padding, groups):
+        return _CpuDepthwise.apply(inp, weight, bias, padding)
+
     def fused():
         weight = torch.stack([left, right], 1).view(2 * channels, 1, 7, 7)
-        out = F.conv2d(x, weight, padding=3, groups=channels)
+        bias = torch.stack([left_bias, right_bias], 1).view(2 * channels)
+        out = F.conv2d(x, weight, bias, padding=3, groups=channels)
         a, b = out.view(batch, channels, 2, size, size).unbind(2)
         (a * b).sum().backward()
 
-    return {"implicit padding": two(False), "padded by hand": two(True), "fused": fused}
+    steps = {"implicit padding": two(False), "padded by hand": two(True), "fused": fused}
+    if device.type == "cpu":
+        steps["implicit, bias grad summed"] = two(False, bias_summed)
+        steps["by hand, bias grad summed"] = two(True, bias_summed)
+    return steps
 
 
 def main() -> None:
@@ -52,6 +65,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
+    reuse_freed_cpu_memory()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for batch, channels, size in SHAPES:

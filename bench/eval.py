@@ -26,6 +26,7 @@ import torch
 
 from dice_core.benchmarking import device_name, time_side_by_side, write_record
 from dice_core.data.encoders import PixelEncoder
+from dice_core.devices import reuse_freed_cpu_memory
 from dice_core.evaluation.sampling import sample_images
 from dice_core.metrics import (FeatureNetworkError, FIDInceptionV3, extract_features,
                                load_effnet_lite0, load_fid_inception)
@@ -125,6 +126,7 @@ def main() -> None:
     parser.add_argument("--ddpm-timed-steps", type=int, default=25,
                         help="CPU: DDPM steps actually run, scaled up to 250")
     args = parser.parse_args()
+    reuse_freed_cpu_memory()
 
     cpu = torch.device("cpu")
     print(f"CPU ({device_name(cpu)}): tiny presets, fp32, 8 samples in one batch; "

@@ -22,6 +22,7 @@ import torch
 from dice_core.analysis.static import count_macs
 from dice_core.benchmarking import (device_name, make_train_step, synchronize, time_side_by_side,
                                      write_record)
+from dice_core.devices import reuse_freed_cpu_memory
 from dice_core.models import build_model
 from dice_core.text_table import format_table
 
@@ -139,6 +140,7 @@ def main() -> None:
                         help="also time torch.compile'd models (compiling takes minutes)")
     parser.add_argument("--gpu-batch-sizes", type=int, nargs="+", default=[32, 128])
     args = parser.parse_args()
+    reuse_freed_cpu_memory()
 
     cpu = torch.device("cpu")
     rows = cpu_rows(args.batch_sizes, args.rounds, args.compile)

@@ -25,6 +25,7 @@ import torch
 
 from dice_core.benchmarking import (device_name, engine_step, synchronize, time_side_by_side,
                                      write_record)
+from dice_core.devices import reuse_freed_cpu_memory
 from dice_core.models import build_model
 from dice_core.text_table import format_table
 from dice_core.training.engine import child_process_env, resolve_precision
@@ -127,6 +128,7 @@ def main() -> None:
     parser.add_argument("--gpu-micro-batch", type=int, default=GLOBAL_BATCH)
     parser.add_argument("--measure-rss", metavar="MODEL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    reuse_freed_cpu_memory()
     if args.measure_rss:
         print(rss_growth_gib(args.measure_rss))
         return

@@ -6,6 +6,7 @@ import importlib
 import sys
 import time
 
+from dice_core.devices import reuse_freed_cpu_memory
 from dice_core.errors import DiceError
 from dice_core.models import get_preset, list_models
 
@@ -83,10 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry(argv: list[str] | None = None) -> int:
+    """A process that runs a command (``dice``, ``python -m pipelines.<stage>``): the
+    process-wide settings, then the command."""
+    reuse_freed_cpu_memory()
+    return main(argv)
+
+
 def run_as_module(command: str) -> int:
     """``python -m pipelines.<module>`` runs exactly what ``dice <command>`` runs."""
-    return main([command, *sys.argv[1:]])
+    return entry([command, *sys.argv[1:]])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -69,9 +69,12 @@ def test_width_and_depth_lists_must_match():
 
 
 def nchw_reference_forward(model, x, t, y):
-    """DICE as it was written before channels-last and hand padding: plain NCHW modules."""
-    from dice_core.models.dice import signal_extraction as hands
+    """DICE as it was written before channels-last, hand padding, the hand-written backward
+    passes and the folded MLP: plain NCHW modules and autograd."""
     import torch.nn.functional as F
+
+    def hands(left, right, lam):
+        return (left + right) * torch.sigmoid(-lam * (left - right) ** 2)
 
     def block(b, h, c):
         shift, scale, gate = b.adaLN_modulation(c).chunk(3, dim=1)
@@ -95,19 +98,46 @@ def nchw_reference_forward(model, x, t, y):
     return predictions[-1]
 
 
-@pytest.mark.parametrize("input_size,channels", [(8, 4), (32, 1)])
-def test_channels_last_dice_with_hand_padding_matches_the_nchw_forward(input_size, channels):
+def perturbed_dice(input_size, channels, seed=3):
     """Perturbed weights: an untrained DICE outputs exactly zero, which proves nothing."""
     model = build_model("dice-t", input_size=input_size, in_channels=channels, num_classes=10)
-    generator = torch.Generator().manual_seed(3)
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize("input_size,channels", [(8, 4), (32, 1)])
+def test_dice_matches_the_nchw_reference_forward_and_its_autograd_gradients(input_size,
+                                                                             channels):
+    """8x8 pads the coarse maps by hand and broadcasts the MLP's modulation; 32x32 folds it
+    in the two finer stages: each path against plain autograd."""
+    model = perturbed_dice(input_size, channels)
     x, t, y = model_inputs(model, batch_size=3)
     out = model(x, t, y)
     expected = nchw_reference_forward(model, x, t, y)
     assert out.abs().max() > 1e-3
     assert (out - expected).abs().max() <= 1e-5 * expected.abs().max()
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
+    ours = torch.autograd.grad((out * weights).sum(), list(model.parameters()))
+    theirs = torch.autograd.grad((expected * weights).sum(), list(model.parameters()))
+    for (name, _), a, b in zip(model.named_parameters(), ours, theirs):
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max() + 1e-12, name
+
+
+def test_the_hand_written_backward_passes_pass_gradcheck():
+    from dice_core.models.hands import _CpuDepthwise
+    generator = torch.Generator().manual_seed(6)
+
+    def double(*shape):
+        return torch.randn(*shape, dtype=torch.float64, generator=generator).requires_grad_()
+    assert torch.autograd.gradcheck(signal_extraction,
+                                    (double(2, 3, 4, 4), double(2, 3, 4, 4), double(1)))
+    x = double(2, 3, 5, 5).detach().contiguous(memory_format=torch.channels_last)
+    for pad in (0, 1):
+        assert torch.autograd.gradcheck(_CpuDepthwise.apply, (x.requires_grad_(), double(
+            3, 1, 3, 3), double(3), pad))
 
 
 @pytest.mark.slow

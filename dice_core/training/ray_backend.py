@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dice_core.config import TrainingJob
+from dice_core.devices import reuse_freed_cpu_memory
 from dice_core.durable import write_json_atomic
 
 from .checkpoint import LATEST, STATE_FILE, CheckpointStore, barrier
@@ -96,6 +97,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    reuse_freed_cpu_memory()      # this worker's process is Ray's, not one of our entry points
     job = TrainingJob.model_validate(config["job"])
     model_name = config["model"]
     # Ray starts workers in its own folder; relative paths in the job mean the caller's.
