@@ -2,7 +2,8 @@
 implicit padding (the convolution pads), padding by hand (``F.pad`` first), the two hands
 fused into one grouped convolution, and on the CPU either padding with the bias gradient
 taken as a plain sum (``dice_core.models.hands``), at the shapes of dice-t's stages.
-Channels-last inputs, interleaved rounds, median per variant. Results go to bench/results/depthwise-*.{json,md}.
+Channels-last inputs, interleaved rounds, median per variant. Results go to
+bench/results/depthwise-*.{json,md}.
 
     python bench/depthwise.py [--rounds 9]
 """

@@ -1,12 +1,16 @@
 """The device a setting names, and the process's CPU memory kept for reuse."""
+import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from dice_core.devices import pick_device
+
+PROJECT = Path(__file__).resolve().parents[1]
 
 FAULTS_OF_FIVE_STEPS = """
 import resource, sys, torch
@@ -31,8 +35,12 @@ def test_auto_is_the_cpu_without_a_gpu_and_a_name_is_taken_as_given():
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_freed_cpu_memory_is_reused_without_faulting_its_pages_in_again():
+    # a clean environment: what earlier tests left in os.environ (an LD_PRELOAD'ed allocator,
+    # malloc settings) must not decide the baseline
+    env = {"PATH": os.environ["PATH"], "OMP_NUM_THREADS": "1"}
     faults = {mode: int(subprocess.run([sys.executable, "-c", FAULTS_OF_FIVE_STEPS, mode],
-                                       capture_output=True, text=True, check=True).stdout)
+                                       cwd=PROJECT, env=env, capture_output=True, text=True,
+                                       check=True).stdout)
               for mode in ("default", "reuse")}
     pages = 5 * 3 * 2**26 // 4096
     assert faults["default"] > pages / 2, faults     # glibc maps each block afresh
