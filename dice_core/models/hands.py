@@ -1,7 +1,7 @@
 """DICE's two 'hands': two depthwise 7x7 convolutions of one input, merged by the paper's
 signal-extraction function. Both have hand-written backward passes: in eager mode the CPU
-spends most of a DICE step in them, and the autograd graphs they replace take extra passes
-over the activations (bench/results/depthwise-cpu.md, bench/results/models-cpu.md).
+spends a third or more of a DICE step in them, and the autograd graphs they replace take
+extra passes over the activations (bench/results/depthwise-cpu.md).
 """
 from __future__ import annotations
 
