@@ -20,7 +20,7 @@ if sys.argv[1] == "reuse":
 def step():                          # a training step's pattern: 64 MiB blocks held, then freed
     held = [torch.ones(2**24) for _ in range(3)]
     return sum(float(t[0]) for t in held)
-for _ in range(5):                   # the heap settles at the steps' peak
+for _ in range(10):                  # the heap settles within 4-6 steps (fragmentation)
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
