@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a plain script, no install
 
-from dice_core.analysis.static import count_macs, sampling_throughput  # noqa: E402
+from dice_core.analysis.static import preset_macs, sampling_throughput  # noqa: E402
 from dice_core.benchmarking import (device_name, engine_step, synchronize,  # noqa: E402
                                      time_side_by_side, write_record)
 from dice_core.models import build_model, compile_model  # noqa: E402
@@ -137,8 +137,7 @@ def sampling_rates(plan: Plan, name: str) -> dict:
 
 
 def model_row(plan: Plan, name: str, peak_tflops: float, budget_left_s: float) -> dict:
-    with torch.device("meta"):
-        macs = count_macs(build_model(name, **plan.shape)).total
+    macs = preset_macs(name, **plan.shape).total
     eager = train_rate(plan, name, compiled=False)
     row = {"model": name, "forward_macs_per_image": macs,
            "train_images_per_s": eager["images_per_s"],

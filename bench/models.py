@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from dice_core.analysis.static import count_macs
+from dice_core.analysis.static import preset_macs
 from dice_core.benchmarking import (device_name, make_train_step, synchronize, time_side_by_side,
                                      write_record)
 from dice_core.devices import reuse_freed_cpu_memory
@@ -45,13 +45,17 @@ def peak_memory_gib(model, step, device: torch.device) -> float:
     return (torch.cuda.max_memory_allocated(device) - others) / 2**30
 
 
+def shape_overrides(shape: tuple[int, int] | None) -> dict:
+    if shape is None:
+        return {}
+    return {"in_channels": shape[0], "input_size": shape[1], "num_classes": CPU_CLASSES}
+
+
 def build_models(presets: dict, shape: tuple[int, int] | None, device: torch.device,
                  checkpointing: bool) -> dict:
-    overrides = {} if shape is None else {"in_channels": shape[0], "input_size": shape[1],
-                                          "num_classes": CPU_CLASSES}
     models = {}
     for family, name in presets.items():
-        model = build_model(name, **overrides).to(device)
+        model = build_model(name, **shape_overrides(shape)).to(device)
         model.set_activation_checkpointing(checkpointing)
         models[family] = model
     return models
@@ -74,7 +78,8 @@ def run_setting(presets: dict, batch_size: int, device: torch.device, rounds: in
                 dtype: torch.dtype | None, checkpointing: bool,
                 shape: tuple[int, int] | None = None, compiled: bool = False) -> list[dict]:
     models = build_models(presets, shape, device, checkpointing)
-    macs = {family: count_macs(model).total for family, model in models.items()}
+    macs = {family: preset_macs(name, **shape_overrides(shape)).total
+            for family, name in presets.items()}
     compile_seconds = {}
     if compiled:
         steps, compile_seconds = compiled_steps(models, batch_size, device, dtype)

@@ -111,14 +111,18 @@ def perturbed_dice(input_size, channels, seed=3):
 @pytest.mark.parametrize("input_size,channels", [(8, 4), (32, 1)])
 def test_dice_matches_the_nchw_reference_forward_and_its_autograd_gradients(input_size,
                                                                              channels):
-    """8x8 pads the coarse maps by hand and broadcasts the MLP's modulation; 32x32 folds it
-    in the two finer stages: each path against plain autograd."""
+    """8x8 takes the coarse maps' hands as dense matrices under autograd (as convolutions
+    without) and broadcasts the MLP's modulation; 32x32 folds it in the two finer stages: each
+    path against plain autograd."""
     model = perturbed_dice(input_size, channels)
     x, t, y = model_inputs(model, batch_size=3)
     out = model(x, t, y)
+    with torch.no_grad():
+        sampled = model(x, t, y)
     expected = nchw_reference_forward(model, x, t, y)
     assert out.abs().max() > 1e-3
-    assert (out - expected).abs().max() <= 1e-5 * expected.abs().max()
+    for ours in (out, sampled):
+        assert (ours - expected).abs().max() <= 1e-5 * expected.abs().max()
     weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
     ours = torch.autograd.grad((out * weights).sum(), list(model.parameters()))
     theirs = torch.autograd.grad((expected * weights).sum(), list(model.parameters()))
@@ -127,7 +131,7 @@ def test_dice_matches_the_nchw_reference_forward_and_its_autograd_gradients(inpu
 
 
 def test_the_hand_written_backward_passes_pass_gradcheck():
-    from dice_core.models.hands import _CpuDepthwise
+    from dice_core.models.hands import _CpuDepthwise, _DenseHands
     generator = torch.Generator().manual_seed(6)
 
     def double(*shape):
@@ -138,6 +142,11 @@ def test_the_hand_written_backward_passes_pass_gradcheck():
     for pad in (0, 1):
         assert torch.autograd.gradcheck(_CpuDepthwise.apply, (x.requires_grad_(), double(
             3, 1, 3, 3), double(3), pad))
+    for size in (2, 5):       # every pixel within the kernel's reach, and some out of it
+        x = double(2, 3, size, size).detach().contiguous(memory_format=torch.channels_last)
+        assert torch.autograd.gradcheck(_DenseHands.apply, (
+            x.requires_grad_(), double(3, 1, 7, 7), double(3), double(3, 1, 7, 7), double(3),
+            3, double(1)))
 
 
 @pytest.mark.slow
