@@ -11,9 +11,12 @@
   Inception-v3: its weights when they can be loaded, else the same architecture with random
   weights (the cost does not depend on the values), said so in its name. Random uint8 images,
   32 at 32 px on the CPU and 256 at 256 px on the GPU.
+  Each model samples eager, DICE also with NCHW activations, and with --compile each also
+  torch.compile'd (the first call's time, mostly the compile, is reported); the ratios of
+  sampling time and of time per multiply-add are to DiT in the same mode and sampler.
 Configurations are timed in interleaved rounds (see ``time_side_by_side``), median reported.
 
-    python bench/eval.py [--rounds 2] [--ddpm-timed-steps 25]
+    python bench/eval.py [--rounds 2] [--ddpm-timed-steps 25] [--compile]
 """
 from __future__ import annotations
 
@@ -24,13 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dice_core.benchmarking import device_name, time_side_by_side, write_record
+from dice_core.analysis.static import preset_macs
+from dice_core.benchmarking import (device_name, first_call_seconds, ratios_to_dit,
+                                     time_side_by_side, variants, write_record)
 from dice_core.data.encoders import PixelEncoder
 from dice_core.devices import reuse_freed_cpu_memory
 from dice_core.evaluation.sampling import sample_images
 from dice_core.metrics import (FeatureNetworkError, FIDInceptionV3, extract_features,
                                load_effnet_lite0, load_fid_inception)
-from dice_core.models import build_model
 from dice_core.text_table import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,30 +56,48 @@ def generate(model, count: int, sampler: str, steps: int, dtype: torch.dtype | N
                       sampler=sampler, steps=steps, batch_size=count)
 
 
-def sampling_rows(names: list[str], device: torch.device, count: int,
-                  dtype: torch.dtype | None, ddpm_timed_steps: int, rounds: int) -> list[dict]:
-    models = {name: build_model(name).to(device).eval() for name in names}
+def sampling_rows(presets: list[str], device: torch.device, count: int,
+                  dtype: torch.dtype | None, ddpm_timed_steps: int, rounds: int,
+                  compiled: bool) -> list[dict]:
+    models = {v: v.build().to(device).eval() for v in variants(presets, compiled)}
     runs = {}
-    for name, model in models.items():
+    for variant, model in models.items():
         for sampler, steps in SAMPLERS:
             timed = min(ddpm_timed_steps, steps) if sampler == "ddpm" else steps
-            runs[name, sampler, steps, timed] = partial(generate, model, count, sampler, timed,
-                                                        dtype)
+            runs[variant, sampler, steps, timed] = partial(generate, model, count, sampler,
+                                                           timed, dtype)
+    first = first_call_seconds(runs, device)
     seconds = time_side_by_side(runs, device, rounds)
+    macs = {name: preset_macs(name).total for name in presets}
     rows = []
-    for (name, sampler, steps, timed), measured in seconds.items():
-        total = measured * steps / timed
-        rows.append({"what": f"sampling {sampler} {steps} steps", "model": name,
-                     "device": str(device), "precision": precision(dtype), "sampler": sampler,
-                     "steps": steps, "timed_steps": timed, "count": count, "batch_size": count,
-                     "measured_seconds": measured, "seconds": total,
-                     "per_second": count / total, "unit": "samples/s",
-                     "how": "all steps timed" if timed == steps
-                     else f"{timed} respaced steps timed, x{steps / timed:g}"})
+    for sampler, steps in SAMPLERS:
+        keys = {key[0]: key for key in runs if key[1] == sampler}
+        totals = {v: seconds[key] * steps / key[3] for v, key in keys.items()}
+        for variant, ratios in ratios_to_dit(totals, macs).items():
+            key = keys[variant]
+            rows.append(sampling_row(key, seconds[key], totals[variant], *ratios, device,
+                                     dtype, count))
+            if variant.compiled and sampler == SAMPLERS[0][0]:   # its first call compiles
+                rows[-1]["compile_seconds"] = first[key]
     del models, runs
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows
+
+
+def sampling_row(key: tuple, measured: float, total: float, time_ratio: float,
+                 per_mac_ratio: float, device: torch.device, dtype: torch.dtype | None,
+                 count: int) -> dict:
+    variant, sampler, steps, timed = key
+    return {"what": f"sampling {sampler} {steps} steps", "model": variant.preset,
+            "layout": variant.layout, "compiled": variant.compiled, "device": str(device),
+            "precision": precision(dtype), "sampler": sampler, "steps": steps,
+            "timed_steps": timed, "count": count, "batch_size": count,
+            "measured_seconds": measured, "seconds": total, "per_second": count / total,
+            "unit": "samples/s", "time_ratio_to_dit": time_ratio,
+            "per_mac_ratio_to_dit": per_mac_ratio,
+            "how": "all steps timed" if timed == steps
+            else f"{timed} respaced steps timed, x{steps / timed:g}"}
 
 
 def feature_networks(device: torch.device) -> dict:
@@ -106,10 +128,16 @@ def feature_rows(device: torch.device, resolution: int, count: int, batch_size: 
 
 
 def table(rows: list[dict]) -> str:
+    def ratio(row: dict, key: str) -> str:
+        return f"{row[key]:.2f}" if key in row else "-"
     return format_table(
-        ["what", "model/network", "device", "per second", "unit", "how timed"],
-        [[r["what"], r["model"], f"{r['device']} {r['precision']}", f"{r['per_second']:.2f}",
-          r["unit"], r["how"]] for r in rows])
+        ["what", "model/network", "layout", "compiled", "device", "per second", "unit",
+         "x DiT time", "x DiT per MAC", "compile s", "how timed"],
+        [[r["what"], r["model"], r.get("layout", "-"), "yes" if r.get("compiled") else "no",
+          f"{r['device']} {r['precision']}", f"{r['per_second']:.2f}", r["unit"],
+          ratio(r, "time_ratio_to_dit"), ratio(r, "per_mac_ratio_to_dit"),
+          f"{r['compile_seconds']:.0f}" if "compile_seconds" in r else "-", r["how"]]
+         for r in rows])
 
 
 def report(rows: list[dict], device: torch.device) -> None:
@@ -125,6 +153,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--ddpm-timed-steps", type=int, default=25,
                         help="CPU: DDPM steps actually run, scaled up to 250")
+    parser.add_argument("--compile", action="store_true",
+                        help="also sample with torch.compile'd models (compiling takes minutes)")
     args = parser.parse_args()
     reuse_freed_cpu_memory()
 
@@ -132,7 +162,7 @@ def main() -> None:
     print(f"CPU ({device_name(cpu)}): tiny presets, fp32, 8 samples in one batch; "
           f"DDPM 250 timed over {args.ddpm_timed_steps} respaced steps and scaled; "
           "pixel decoder (no VAE decode)")
-    rows = (sampling_rows(TINY, cpu, 8, None, args.ddpm_timed_steps, args.rounds)
+    rows = (sampling_rows(TINY, cpu, 8, None, args.ddpm_timed_steps, args.rounds, args.compile)
             + feature_rows(cpu, 32, 32, 32, args.rounds))
     report(rows, cpu)
 
@@ -140,7 +170,7 @@ def main() -> None:
         gpu = torch.device("cuda")
         print(f"\nGPU ({device_name(gpu)}): paper presets, fp16 autocast, 32 samples in one "
               "batch, every step timed; pixel decoder (no VAE decode)")
-        rows = (sampling_rows(PAPER, gpu, 32, torch.float16, 250, args.rounds)
+        rows = (sampling_rows(PAPER, gpu, 32, torch.float16, 250, args.rounds, args.compile)
                 + feature_rows(gpu, 256, 256, 64, args.rounds))
         report(rows, gpu)
     else:

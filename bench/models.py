@@ -2,11 +2,13 @@
 and per multiply-add (attention counted): the cost of the same arithmetic in each design.
 
 CPU: the tiny presets at 32x32x1 and at the embedded experiment's 8x8x4 latents (10 classes),
-batch 16 and 128, fp32; eager, and with --compile also torch.compile'd (timed after its
-compile, whose time is reported). GPU (when there is one): the paper presets in fp16 autocast
-at batch 32 and 128 with activation checkpointing, with peak memory.
-Rounds interleave the models (A B C A B C ...) so that a noisy, shared machine slows all of
-them alike; the median round is reported. Results go to bench/results/ with the device named.
+batch 16 and 128, fp32. GPU (when there is one): the paper presets in fp16 autocast at batch
+32 and 128 with activation checkpointing, with peak memory. Each model runs eager, DICE also
+with NCHW activations (layout NCHW: what its channels-last default is worth), and with
+--compile each also torch.compile'd (timed after its compile, whose time is reported); ratios
+are to DiT in the same mode. Rounds interleave the models (A B C A B C ...) so that a noisy,
+shared machine slows all of them alike; the median round is reported. Results go to
+bench/results/ with the device named.
 
     python bench/models.py [--batch-sizes 16 128] [--rounds 5] [--compile]
                            [--gpu-batch-sizes 32 128]
@@ -14,20 +16,19 @@ them alike; the median round is reported. Results go to bench/results/ with the 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 
 from dice_core.analysis.static import preset_macs
-from dice_core.benchmarking import (device_name, make_train_step, synchronize, time_side_by_side,
+from dice_core.benchmarking import (device_name, first_call_seconds, make_train_step,
+                                     ratios_to_dit, synchronize, time_side_by_side, variants,
                                      write_record)
 from dice_core.devices import reuse_freed_cpu_memory
-from dice_core.models import build_model
 from dice_core.text_table import format_table
 
-TINY = {"dice": "dice-t", "dit": "dit-t", "dimr": "dimr-t"}
-PAPER = {"dice": "dice-xl", "dit": "dit-xl-2", "dimr": "dimr-xl-2r"}
+TINY = ["dice-t", "dit-t", "dimr-t"]
+PAPER = ["dice-xl", "dit-xl-2", "dimr-xl-2r"]
 RESULTS = Path(__file__).resolve().parent / "results"
 # (in_channels, input_size): 32x32x1, and the embedded experiment's latents
 CPU_SHAPES = [(1, 32), (4, 8)]
@@ -51,56 +52,33 @@ def shape_overrides(shape: tuple[int, int] | None) -> dict:
     return {"in_channels": shape[0], "input_size": shape[1], "num_classes": CPU_CLASSES}
 
 
-def build_models(presets: dict, shape: tuple[int, int] | None, device: torch.device,
-                 checkpointing: bool) -> dict:
-    models = {}
-    for family, name in presets.items():
-        model = build_model(name, **shape_overrides(shape)).to(device)
-        model.set_activation_checkpointing(checkpointing)
-        models[family] = model
-    return models
-
-
-def compiled_steps(models: dict, batch_size: int, device: torch.device, dtype) -> tuple:
-    """torch.compile'd steps, each compiled (and run once) here; returns them with the
-    compile seconds."""
-    steps, seconds = {}, {}
-    for family, model in models.items():
-        start = time.perf_counter()
-        steps[family] = make_train_step(torch.compile(model), batch_size, device, dtype)
-        steps[family]()
-        synchronize(device)
-        seconds[family] = time.perf_counter() - start
-    return steps, seconds
-
-
-def run_setting(presets: dict, batch_size: int, device: torch.device, rounds: int,
+def run_setting(presets: list[str], batch_size: int, device: torch.device, rounds: int,
                 dtype: torch.dtype | None, checkpointing: bool,
                 shape: tuple[int, int] | None = None, compiled: bool = False) -> list[dict]:
-    models = build_models(presets, shape, device, checkpointing)
-    macs = {family: preset_macs(name, **shape_overrides(shape)).total
-            for family, name in presets.items()}
-    compile_seconds = {}
-    if compiled:
-        steps, compile_seconds = compiled_steps(models, batch_size, device, dtype)
-    else:
-        steps = {f: make_train_step(m, batch_size, device, dtype) for f, m in models.items()}
+    """Every variant of ``presets`` (see ``variants``) timed side by side at one setting."""
+    overrides = shape_overrides(shape)
+    models = {}
+    for variant in variants(presets, compiled):
+        models[variant] = variant.build(**overrides).to(device)
+        models[variant].set_activation_checkpointing(checkpointing)
+    macs = {name: preset_macs(name, **overrides).total for name in presets}
+    steps = {v: make_train_step(model, batch_size, device, dtype) for v, model in models.items()}
+    first = first_call_seconds(steps, device)
     medians = time_side_by_side(steps, device, rounds)
     rows = []
-    for family, model in models.items():
-        per_mac = medians[family] / macs[family]
-        row = {"model": presets[family], "batch_size": batch_size,
+    for variant, (time_ratio, per_mac_ratio) in ratios_to_dit(medians, macs).items():
+        model = models[variant]
+        row = {"model": variant.preset, "layout": variant.layout, "batch_size": batch_size,
                "shape": f"{model.input_size}x{model.input_size}x{model.in_channels}",
                "dtype": str(dtype).removeprefix("torch.") if dtype else "float32",
-               "activation_checkpointing": checkpointing, "compiled": compiled,
-               "step_seconds": medians[family], "images_per_s": batch_size / medians[family],
-               "macs_per_image": macs[family],
-               "time_ratio_to_dit": medians[family] / medians["dit"],
-               "per_mac_ratio_to_dit": per_mac / (medians["dit"] / macs["dit"])}
-        if family in compile_seconds:
-            row["compile_seconds"] = compile_seconds[family]
+               "activation_checkpointing": checkpointing, "compiled": variant.compiled,
+               "step_seconds": medians[variant], "images_per_s": batch_size / medians[variant],
+               "macs_per_image": macs[variant.preset], "time_ratio_to_dit": time_ratio,
+               "per_mac_ratio_to_dit": per_mac_ratio}
+        if variant.compiled:
+            row["compile_seconds"] = first[variant]
         if device.type == "cuda":
-            row["peak_memory_gib"] = peak_memory_gib(model, steps[family], device)
+            row["peak_memory_gib"] = peak_memory_gib(model, steps[variant], device)
         rows.append(row)
     del models, steps
     if device.type == "cuda":
@@ -109,9 +87,9 @@ def run_setting(presets: dict, batch_size: int, device: torch.device, rounds: in
 
 
 def format_rows(rows: list[dict]) -> str:
-    header = ["model", "shape", "batch", "dtype", "ckpt", "compiled", "step s", "img/s",
-              "MMAC/img", "x DiT", "x DiT per MAC", "compile s", "peak GiB"]
-    cells = [[r["model"], r["shape"], r["batch_size"], r["dtype"],
+    header = ["model", "layout", "shape", "batch", "dtype", "ckpt", "compiled", "step s",
+              "img/s", "MMAC/img", "x DiT", "x DiT per MAC", "compile s", "peak GiB"]
+    cells = [[r["model"], r["layout"], r["shape"], r["batch_size"], r["dtype"],
               "on" if r["activation_checkpointing"] else "off",
               "yes" if r["compiled"] else "no", f"{r['step_seconds']:.4f}",
               f"{r['images_per_s']:.1f}", f"{r['macs_per_image'] / 1e6:.1f}",
@@ -129,10 +107,9 @@ def record(rows: list[dict], device: torch.device) -> Path:
 
 def cpu_rows(batch_sizes: list[int], rounds: int, compiled: bool) -> list[dict]:
     cpu = torch.device("cpu")
-    modes = [False, True] if compiled else [False]
-    return [row for shape in CPU_SHAPES for batch in batch_sizes for mode in modes
+    return [row for shape in CPU_SHAPES for batch in batch_sizes
             for row in run_setting(TINY, batch, cpu, rounds, None, checkpointing=False,
-                                   shape=shape, compiled=mode)]
+                                   shape=shape, compiled=compiled)]
 
 
 def main() -> None:

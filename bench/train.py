@@ -1,15 +1,19 @@
 """Training throughput through the real DeepSpeed engine: images/s and peak memory.
 
-CPU: the tiny presets at global batch 128 in fp32, the three engines built in one process and
-timed in interleaved rounds, reported with the DICE/DiT and DiMR/DiT ratios; peak memory is
-how far a fresh process's resident memory rises while it builds the engine and runs two
-steps (one child process per model).
+Each model runs eager, DICE also with NCHW activations (what its channels-last default is
+worth), and with --compile each also torch.compile'd as train.compile does it (the first
+step's time, mostly the compile, is reported); the DICE/DiT and DiMR/DiT ratios of step time
+and of step time per multiply-add are to DiT in the same mode.
+CPU: the tiny presets at global batch 128 in fp32, every engine built in one process and
+timed in interleaved rounds; peak memory (eager, default layout) is how far a fresh process's
+resident memory rises while it builds the engine and runs two steps (one child process per
+model).
 GPU (when there is one): the paper presets at global batch 128 in fp16 with activation
 checkpointing, micro-batch 128 (no accumulation), with peak GPU memory and whether it fits the
 24 GB of the paper's RTX 3090; one model at a time is on the device, so these ratios come from
 back-to-back rather than interleaved timing.
 
-    python bench/train.py [--rounds 3] [--gpu-micro-batch 128]
+    python bench/train.py [--rounds 3] [--gpu-micro-batch 128] [--compile]
 """
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ from pathlib import Path
 import psutil
 import torch
 
-from dice_core.benchmarking import (device_name, engine_step, synchronize, time_side_by_side,
+from dice_core.analysis.static import preset_macs
+from dice_core.benchmarking import (Variant, device_name, engine_step, first_call_seconds,
+                                     ratios_to_dit, synchronize, time_side_by_side, variants,
                                      write_record)
 from dice_core.devices import reuse_freed_cpu_memory
 from dice_core.models import build_model
@@ -77,41 +83,73 @@ def gpu_peak_gib(step, device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
-def measure(names: list[str], device: torch.device, micro_batch: int, precision: str,
+def engine_steps(runs: list[Variant], device: torch.device, micro_batch: int, precision: str,
+                 checkpointing: bool) -> dict:
+    return {v: engine_step(v.build(), device, GLOBAL_BATCH, micro_batch, precision,
+                           checkpointing)[1] for v in runs}
+
+
+def time_on_gpu(runs: list[Variant], micro_batch: int, precision: str, rounds: int) -> tuple:
+    """One paper-size engine at a time: each is measured alone on the device."""
+    gpu = torch.device("cuda")
+    first, seconds, peaks = {}, {}, {}
+    for variant in runs:
+        steps = engine_steps([variant], gpu, micro_batch, precision, True)
+        first.update(first_call_seconds(steps, gpu))
+        peaks[variant] = gpu_peak_gib(steps[variant], gpu)
+        seconds.update(time_side_by_side(steps, gpu, rounds))
+        del steps
+        torch.cuda.empty_cache()
+    return first, seconds, peaks
+
+
+def time_on_cpu(runs: list[Variant], rounds: int) -> tuple:
+    cpu = torch.device("cpu")
+    steps = engine_steps(runs, cpu, GLOBAL_BATCH, "fp32", False)
+    first = first_call_seconds(steps, cpu)
+    seconds = time_side_by_side(steps, cpu, rounds)
+    del steps
+    peaks = {v: cpu_peak_gib(v.preset) for v in runs if not v.compiled and v.channels_last}
+    return first, seconds, peaks
+
+
+def measure(runs: list[Variant], device: torch.device, micro_batch: int, precision: str,
             checkpointing: bool, rounds: int) -> list[dict]:
     if device.type == "cuda":
-        # one paper-size engine at a time: each is measured alone on the device
-        seconds, peaks = {}, {}
-        for name in names:
-            engine, step = engine_step(build_model(name), device, GLOBAL_BATCH, micro_batch,
-                                       precision, checkpointing)
-            peaks[name] = gpu_peak_gib(step, device)
-            seconds.update(time_side_by_side({name: step}, device, rounds))
-            del engine, step
-            torch.cuda.empty_cache()
+        first, seconds, peaks = time_on_gpu(runs, micro_batch, precision, rounds)
     else:
-        steps = {name: engine_step(build_model(name), device, GLOBAL_BATCH, micro_batch, precision,
-                                 checkpointing)[1] for name in names}
-        seconds = time_side_by_side(steps, device, rounds)
-        peaks = {name: cpu_peak_gib(name) for name in names}
-    baseline = next(n for n in names if n.startswith("dit"))
-    return [{"model": name, "device": str(device), "precision": precision,
-             "global_batch": GLOBAL_BATCH, "micro_batch": micro_batch,
-             "activation_checkpointing": checkpointing, "step_seconds": seconds[name],
-             "images_per_s": GLOBAL_BATCH / seconds[name],
-             "time_ratio_to_dit": seconds[name] / seconds[baseline],
-             "peak_memory_gib": peaks[name],
-             "memory_kind": "cuda max allocated" if device.type == "cuda" else "RSS growth",
-             **({"fits_rtx_3090": peaks[name] < RTX_3090_GIB} if device.type == "cuda" else {})}
-            for name in names]
+        first, seconds, peaks = time_on_cpu(runs, rounds)
+    macs = {v.preset: preset_macs(v.preset).total for v in runs}
+    rows = []
+    for variant, (time_ratio, per_mac_ratio) in ratios_to_dit(seconds, macs).items():
+        row = {"model": variant.preset, "layout": variant.layout, "compiled": variant.compiled,
+               "device": str(device), "precision": precision, "global_batch": GLOBAL_BATCH,
+               "micro_batch": micro_batch, "activation_checkpointing": checkpointing,
+               "step_seconds": seconds[variant],
+               "images_per_s": GLOBAL_BATCH / seconds[variant],
+               "macs_per_image": macs[variant.preset], "time_ratio_to_dit": time_ratio,
+               "per_mac_ratio_to_dit": per_mac_ratio}
+        if variant.compiled:
+            row["compile_seconds"] = first[variant]
+        if variant in peaks:
+            row["peak_memory_gib"] = peaks[variant]
+            row["memory_kind"] = "cuda max allocated" if device.type == "cuda" else "RSS growth"
+            if device.type == "cuda":
+                row["fits_rtx_3090"] = peaks[variant] < RTX_3090_GIB
+        rows.append(row)
+    return rows
 
 
 def table(rows: list[dict]) -> str:
     return format_table(
-        ["model", "precision", "micro", "ckpt", "img/s", "x DiT time", "peak GiB", "fits 24G"],
-        [[r["model"], r["precision"], r["micro_batch"],
-          "on" if r["activation_checkpointing"] else "off", f"{r['images_per_s']:.1f}",
-          f"{r['time_ratio_to_dit']:.2f}", f"{r['peak_memory_gib']:.2f}",
+        ["model", "layout", "compiled", "precision", "micro", "ckpt", "img/s", "x DiT time",
+         "x DiT per MAC", "compile s", "peak GiB", "fits 24G"],
+        [[r["model"], r["layout"], "yes" if r["compiled"] else "no", r["precision"],
+          r["micro_batch"], "on" if r["activation_checkpointing"] else "off",
+          f"{r['images_per_s']:.1f}", f"{r['time_ratio_to_dit']:.2f}",
+          f"{r['per_mac_ratio_to_dit']:.2f}",
+          f"{r['compile_seconds']:.0f}" if "compile_seconds" in r else "-",
+          f"{r['peak_memory_gib']:.2f}" if "peak_memory_gib" in r else "-",
           {True: "yes", False: "NO"}.get(r.get("fits_rtx_3090"), "-")] for r in rows])
 
 
@@ -126,6 +164,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--gpu-micro-batch", type=int, default=GLOBAL_BATCH)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile'd models (compiling takes minutes)")
     parser.add_argument("--measure-rss", metavar="MODEL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     reuse_freed_cpu_memory()
@@ -134,14 +174,15 @@ def main() -> None:
         return
 
     cpu = torch.device("cpu")
-    rows = measure(TINY, cpu, GLOBAL_BATCH, "fp32", False, args.rounds)
+    rows = measure(variants(TINY, args.compile), cpu, GLOBAL_BATCH, "fp32", False, args.rounds)
     print(f"CPU ({device_name(cpu)}): tiny presets, DeepSpeed fp32, global batch {GLOBAL_BATCH}")
     report(rows, cpu)
 
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
         precision = resolve_precision("auto", gpu)
-        rows = measure(PAPER, gpu, args.gpu_micro_batch, precision, True, args.rounds)
+        rows = measure(variants(PAPER, args.compile), gpu, args.gpu_micro_batch, precision,
+                       True, args.rounds)
         print(f"\nGPU ({device_name(gpu)}): paper presets, {precision}, activation checkpointing")
         report(rows, gpu)
     else:

@@ -5,12 +5,72 @@ import json
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from dice_core.durable import write_text_atomic
+from dice_core.models import build_model, compile_model
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A preset as a benchmark runs it: torch.compile'd or eager, and for DICE with its
+    activations channels-last (its default) or NCHW."""
+    preset: str
+    compiled: bool = False
+    channels_last: bool = True
+
+    @property
+    def family(self) -> str:
+        return self.preset.split("-")[0]
+
+    @property
+    def layout(self) -> str:
+        """What ``channels_last`` means for this preset: only DICE has the switch."""
+        if self.family != "dice":
+            return "-"
+        return "NHWC" if self.channels_last else "NCHW"
+
+    def build(self, **overrides) -> torch.nn.Module:
+        model = build_model(self.preset, **overrides)
+        if self.family == "dice":
+            model.channels_last = self.channels_last
+        return compile_model(model) if self.compiled else model
+
+
+def variants(presets: list[str], compiled: bool) -> list[Variant]:
+    """Each preset eager, DICE also NCHW, and with ``compiled`` each preset compiled too
+    (channels-last only: a compile costs minutes on a small CPU)."""
+    eager = [Variant(p) for p in presets]
+    eager += [Variant(p, channels_last=False) for p in presets if p.startswith("dice")]
+    return eager + ([Variant(p, compiled=True) for p in presets] if compiled else [])
+
+
+def ratios_to_dit(seconds: dict[Variant, float],
+                  macs: dict[str, int]) -> dict[Variant, tuple[float, float]]:
+    """(time, time per multiply-add) of each variant as ratios to the DiT variant timed in
+    the same compile mode."""
+    dit = {v.compiled: v for v in seconds if v.family == "dit"}
+    ratios = {}
+    for variant, time_s in seconds.items():
+        base = dit[variant.compiled]
+        ratio = time_s / seconds[base]
+        ratios[variant] = (ratio, ratio * macs[base.preset] / macs[variant.preset])
+    return ratios
+
+
+def first_call_seconds(calls: dict, device: torch.device) -> dict:
+    """Seconds of each call's first run: for a compiled model, mostly its compile."""
+    seconds = {}
+    for key, call in calls.items():
+        start = time.perf_counter()
+        call()
+        synchronize(device)
+        seconds[key] = time.perf_counter() - start
+    return seconds
 
 
 def device_name(device: torch.device) -> str:

@@ -124,6 +124,9 @@ class DICE(DiffusionBackbone):
         self.cascade_gates = nn.ModuleList(
             nn.Sequential(nn.SiLU(), nn.Linear(cond_size, in_channels))
             for _ in range(self.num_stages - 1))
+        # False keeps the stages' activations NCHW, as torch leaves them: only for measuring
+        # what the layout is worth (bench/models.py, bench/train.py, bench/eval.py)
+        self.channels_last = True
         self.initialize_weights(init_std)
 
     def initialize_weights(self, std: float) -> None:
@@ -156,7 +159,9 @@ class DICE(DiffusionBackbone):
     def _run_stage(self, stage: DiceStage, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         # channels-last end to end: the depthwise convolutions take the fast kernels and the
         # permutes to NHWC around LayerNorm and the MLP are views, not copies
-        h = stage.stem(x).contiguous(memory_format=torch.channels_last)
+        h = stage.stem(x)
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
         for block in stage.blocks:
             h = self.run_block(block, h, c)
         h = stage.head(stage.head_norm(h.permute(0, 2, 3, 1)))

@@ -92,6 +92,11 @@ def depthwise(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return F.conv2d(x, conv.weight, conv.bias, padding=conv.padding, groups=conv.groups)
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def _autocast_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype a CPU convolution really computes in: autocast's, where it is on."""
     return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else dtype
@@ -113,11 +118,31 @@ class _CpuDepthwise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
-            grad, x, weight, None, [1, 1], [ctx.pad, ctx.pad], [1, 1], False, [0, 0],
-            weight.shape[0], [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+        grad_x, grad_weight = depthwise_backward(grad, x, weight, ctx.pad)
         grad_bias = grad.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias, None
+        return (grad_x if ctx.needs_input_grad[0] else None,
+                grad_weight if ctx.needs_input_grad[1] else None, grad_bias, None)
+
+
+@torch.library.custom_op("dice::depthwise_backward", mutates_args=())
+def depthwise_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                       pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input and weight gradients of a depthwise stride-1 convolution, in ``x``'s layout.
+
+    An op of its own so that torch.compile keeps the layouts it was traced with: inlined, the
+    compiled backward handed oneDNN NCHW copies, whose depthwise backward is the slow one
+    (compiled dice-t ran slower than eager)."""
+    layout = _memory_format(x)
+    grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad.contiguous(memory_format=layout), x, weight, None, [1, 1], [pad, pad], [1, 1],
+        False, [0, 0], weight.shape[0], [True, True, False])
+    return grad_x.contiguous(memory_format=layout), grad_weight.contiguous()
+
+
+@depthwise_backward.register_fake
+def _(grad, x, weight, pad):
+    return (torch.empty_like(x, memory_format=_memory_format(x)),
+            torch.empty_like(weight, memory_format=torch.contiguous_format))
 
 
 def _tap_index(height: int, width: int, kernel: int, pad: int) -> torch.Tensor:
