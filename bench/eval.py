@@ -35,7 +35,7 @@ from dice_core.devices import reuse_freed_cpu_memory
 from dice_core.evaluation.sampling import sample_images
 from dice_core.metrics import (FeatureNetworkError, FIDInceptionV3, extract_features,
                                load_effnet_lite0, load_fid_inception)
-from dice_core.text_table import format_table
+from dice_core.text_table import format_table, optional_cell
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TINY = ["dice-t", "dit-t", "dimr-t"]
@@ -128,15 +128,14 @@ def feature_rows(device: torch.device, resolution: int, count: int, batch_size: 
 
 
 def table(rows: list[dict]) -> str:
-    def ratio(row: dict, key: str) -> str:
-        return f"{row[key]:.2f}" if key in row else "-"
     return format_table(
         ["what", "model/network", "layout", "compiled", "device", "per second", "unit",
          "x DiT time", "x DiT per MAC", "compile s", "how timed"],
         [[r["what"], r["model"], r.get("layout", "-"), "yes" if r.get("compiled") else "no",
           f"{r['device']} {r['precision']}", f"{r['per_second']:.2f}", r["unit"],
-          ratio(r, "time_ratio_to_dit"), ratio(r, "per_mac_ratio_to_dit"),
-          f"{r['compile_seconds']:.0f}" if "compile_seconds" in r else "-", r["how"]]
+          optional_cell(r, "time_ratio_to_dit", ".2f"),
+          optional_cell(r, "per_mac_ratio_to_dit", ".2f"),
+          optional_cell(r, "compile_seconds", ".0f"), r["how"]]
          for r in rows])
 
 

@@ -38,7 +38,7 @@ from dice_core.analysis.static import preset_macs, sampling_throughput  # noqa: 
 from dice_core.benchmarking import (device_name, engine_step, synchronize,  # noqa: E402
                                      time_side_by_side, write_record)
 from dice_core.models import build_model, compile_model  # noqa: E402
-from dice_core.text_table import format_table  # noqa: E402
+from dice_core.text_table import format_table, optional_cell  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RTX_3090_GIB = 24.0
@@ -196,8 +196,8 @@ def table(rows: list[dict], plan: Plan) -> str:
               f"{r['train_images_per_s']:.1f}",
               f"{r['compiled_images_per_s']:.1f}" if "compiled_images_per_s" in r
               else r["compiled"].split(":")[0],
-              f"{r['compile_s']:.0f}" if "compile_s" in r else "-", f"{r['mfu']:.1%}",
-              f"{r['peak_gib']:.1f}" if "peak_gib" in r else "-",
+              optional_cell(r, "compile_s", ".0f"), f"{r['mfu']:.1%}",
+              optional_cell(r, "peak_gib", ".1f"),
               {True: "yes", False: "NO"}.get(r.get("fits_rtx_3090"), "-"),
               *(f"{r[f'samples_per_s_b{b}']:.2f}" for b in batches)] for r in rows]
     return format_table(header, cells)

@@ -25,7 +25,7 @@ from dice_core.benchmarking import (device_name, first_call_seconds, make_train_
                                      ratios_to_dit, synchronize, time_side_by_side, variants,
                                      write_record)
 from dice_core.devices import reuse_freed_cpu_memory
-from dice_core.text_table import format_table
+from dice_core.text_table import format_table, optional_cell
 
 TINY = ["dice-t", "dit-t", "dimr-t"]
 PAPER = ["dice-xl", "dit-xl-2", "dimr-xl-2r"]
@@ -94,8 +94,8 @@ def format_rows(rows: list[dict]) -> str:
               "yes" if r["compiled"] else "no", f"{r['step_seconds']:.4f}",
               f"{r['images_per_s']:.1f}", f"{r['macs_per_image'] / 1e6:.1f}",
               f"{r['time_ratio_to_dit']:.2f}", f"{r['per_mac_ratio_to_dit']:.2f}",
-              f"{r['compile_seconds']:.0f}" if "compile_seconds" in r else "-",
-              f"{r['peak_memory_gib']:.2f}" if "peak_memory_gib" in r else "-"]
+              optional_cell(r, "compile_seconds", ".0f"),
+              optional_cell(r, "peak_memory_gib", ".2f")]
              for r in rows]
     return format_table(header, cells)
 

@@ -33,7 +33,7 @@ from dice_core.benchmarking import (Variant, device_name, engine_step, first_cal
                                      write_record)
 from dice_core.devices import reuse_freed_cpu_memory
 from dice_core.models import build_model
-from dice_core.text_table import format_table
+from dice_core.text_table import format_table, optional_cell
 from dice_core.training.engine import child_process_env, resolve_precision
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -148,8 +148,7 @@ def table(rows: list[dict]) -> str:
           r["micro_batch"], "on" if r["activation_checkpointing"] else "off",
           f"{r['images_per_s']:.1f}", f"{r['time_ratio_to_dit']:.2f}",
           f"{r['per_mac_ratio_to_dit']:.2f}",
-          f"{r['compile_seconds']:.0f}" if "compile_seconds" in r else "-",
-          f"{r['peak_memory_gib']:.2f}" if "peak_memory_gib" in r else "-",
+          optional_cell(r, "compile_seconds", ".0f"), optional_cell(r, "peak_memory_gib", ".2f"),
           {True: "yes", False: "NO"}.get(r.get("fits_rtx_3090"), "-")] for r in rows])
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from dice_core.durable import write_text_atomic
-from dice_core.models import build_model, compile_model
+from dice_core.models import build_model, compile_model, get_preset
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Variant:
 
     @property
     def family(self) -> str:
-        return self.preset.split("-")[0]
+        return get_preset(self.preset).family
 
     @property
     def layout(self) -> str:
@@ -45,7 +45,7 @@ def variants(presets: list[str], compiled: bool) -> list[Variant]:
     """Each preset eager, DICE also NCHW, and with ``compiled`` each preset compiled too
     (channels-last only: a compile costs minutes on a small CPU)."""
     eager = [Variant(p) for p in presets]
-    eager += [Variant(p, channels_last=False) for p in presets if p.startswith("dice")]
+    eager += [Variant(p, channels_last=False) for p in presets if Variant(p).family == "dice"]
     return eager + ([Variant(p, compiled=True) for p in presets] if compiled else [])
 
 

@@ -20,3 +20,8 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str
 
     ruler = "-" * (sum(widths) + 2 * (len(widths) - 1))
     return "\n".join([line([str(h) for h in header]), ruler, *(line(row) for row in cells)])
+
+
+def optional_cell(row: dict, key: str, spec: str) -> str:
+    """``row[key]`` formatted with ``spec``, or "-" where the row has no such entry."""
+    return format(row[key], spec) if key in row else "-"
