@@ -1,8 +1,8 @@
 """DICE's two depthwise 7x7 'hands' with signal extraction, forward+backward and forward
 alone, in the ways they could be computed: implicit padding (the convolution pads), padding
 by hand (``F.pad`` first), the two hands fused into one grouped convolution, and on the CPU
-the two that ``dice_core.models.hands`` chooses between: the convolutions with the bias
-gradient taken as a plain sum, and each channel's convolutions as one dense matrix. At the
+the two kernels of ``dice_core.models.kernels``: the convolutions with the bias gradient
+taken as a plain sum, and each channel's convolutions as one dense matrix. At the
 shapes of dice-t's stages; channels-last inputs, interleaved rounds, median per variant.
 Results go to bench/results/depthwise-*.{json,md}.
 
@@ -18,7 +18,9 @@ import torch.nn.functional as F
 
 from dice_core.benchmarking import device_name, time_side_by_side, write_record
 from dice_core.devices import reuse_freed_cpu_memory
-from dice_core.models.hands import _CpuDepthwise, _DenseHands, signal_extraction
+from dice_core.models.dice import signal_extraction
+from dice_core.models.kernels.dense_hands import _DenseHands
+from dice_core.models.kernels.depthwise import _CpuDepthwise
 from dice_core.text_table import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -1,7 +1,8 @@
 """DICE's modulated MLP, forward+backward, computed both ways: the adaLN modulation and gate
 broadcast over the activations, and folded into per-sample weights (batched matmuls), at the
-shapes of dice-t's stages (widths 64/128/192, MLP ratio 2). ``modulated_mlp`` folds where
-the map holds more pixels than the MLP is wide; the ``rule`` column says which it picks.
+shapes of dice-t's stages (widths 64/128/192, MLP ratio 2). The folded kernel
+(dice_core/models/kernels/folded_mlp.py) is taken where its rule holds; the ``rule`` column says
+which it picks.
 Interleaved rounds, median per variant; results go to bench/results/dice-mlp-*.{json,md}.
 
     python bench/dice_mlp.py [--rounds 9]
@@ -16,7 +17,7 @@ from torch import nn
 
 from dice_core.benchmarking import device_name, time_side_by_side, write_record
 from dice_core.devices import reuse_freed_cpu_memory
-from dice_core.models.dice import broadcast_mlp, folded_mlp, folds
+from dice_core.models.dice import modulated_mlp
 from dice_core.text_table import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -35,7 +36,12 @@ def mlp_steps(batch: int, channels: int, size: int, device: torch.device) -> dic
 
     def step(path):
         return lambda: path(mlp, x, shift, scale, gate).square().sum().backward()
-    return {"broadcast": step(broadcast_mlp), "folded": step(folded_mlp)}
+    return {"broadcast": step(modulated_mlp.reference), "folded": step(modulated_mlp.kernel.run)}
+
+
+def rule_folds(batch: int, channels: int, size: int) -> bool:
+    mlp = nn.Sequential(nn.Linear(channels, 2 * channels))
+    return modulated_mlp.kernel.rule(mlp, torch.empty(batch, size, size, channels, device="meta"))
 
 
 def main() -> None:
@@ -53,7 +59,7 @@ def main() -> None:
                      "broadcast_ms": 1000 * medians["broadcast"],
                      "folded_ms": 1000 * medians["folded"],
                      "folded_to_broadcast": medians["folded"] / medians["broadcast"],
-                     "rule_folds": folds(size * size, 2 * channels)})
+                     "rule_folds": rule_folds(batch, channels, size)})
     table = format_table(
         ["batch", "channels", "map", "broadcast ms", "folded ms", "x broadcast", "rule"],
         [[r["batch"], r["channels"], f"{r['size']}x{r['size']}", f"{r['broadcast_ms']:.2f}",

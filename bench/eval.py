@@ -11,7 +11,7 @@
   Inception-v3: its weights when they can be loaded, else the same architecture with random
   weights (the cost does not depend on the values), said so in its name. Random uint8 images,
   32 at 32 px on the CPU and 256 at 256 px on the GPU.
-  Each model samples eager, DICE also with NCHW activations, and with --compile each also
+  Each model samples eager, DICE also without its kernels, and with --compile each also
   torch.compile'd (the first call's time, mostly the compile, is reported); the ratios of
   sampling time and of time per multiply-add are to DiT in the same mode and sampler.
 Configurations are timed in interleaved rounds (see ``time_side_by_side``), median reported.
@@ -64,8 +64,8 @@ def sampling_rows(presets: list[str], device: torch.device, count: int,
     for variant, model in models.items():
         for sampler, steps in SAMPLERS:
             timed = min(ddpm_timed_steps, steps) if sampler == "ddpm" else steps
-            runs[variant, sampler, steps, timed] = partial(generate, model, count, sampler,
-                                                           timed, dtype)
+            runs[variant, sampler, steps, timed] = variant.scoped(
+                partial(generate, model, count, sampler, timed, dtype))
     first = first_call_seconds(runs, device)
     seconds = time_side_by_side(runs, device, rounds)
     macs = {name: preset_macs(name).total for name in presets}
@@ -90,7 +90,7 @@ def sampling_row(key: tuple, measured: float, total: float, time_ratio: float,
                  count: int) -> dict:
     variant, sampler, steps, timed = key
     return {"what": f"sampling {sampler} {steps} steps", "model": variant.preset,
-            "layout": variant.layout, "compiled": variant.compiled, "device": str(device),
+            "kernels": variant.kernels_label, "compiled": variant.compiled, "device": str(device),
             "precision": precision(dtype), "sampler": sampler, "steps": steps,
             "timed_steps": timed, "count": count, "batch_size": count,
             "measured_seconds": measured, "seconds": total, "per_second": count / total,
@@ -129,9 +129,9 @@ def feature_rows(device: torch.device, resolution: int, count: int, batch_size: 
 
 def table(rows: list[dict]) -> str:
     return format_table(
-        ["what", "model/network", "layout", "compiled", "device", "per second", "unit",
+        ["what", "model/network", "kernels", "compiled", "device", "per second", "unit",
          "x DiT time", "x DiT per MAC", "compile s", "how timed"],
-        [[r["what"], r["model"], r.get("layout", "-"), "yes" if r.get("compiled") else "no",
+        [[r["what"], r["model"], r.get("kernels", "-"), "yes" if r.get("compiled") else "no",
           f"{r['device']} {r['precision']}", f"{r['per_second']:.2f}", r["unit"],
           optional_cell(r, "time_ratio_to_dit", ".2f"),
           optional_cell(r, "per_mac_ratio_to_dit", ".2f"),

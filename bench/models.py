@@ -4,7 +4,7 @@ and per multiply-add (attention counted): the cost of the same arithmetic in eac
 CPU: the tiny presets at 32x32x1 and at the embedded experiment's 8x8x4 latents (10 classes),
 batch 16 and 128, fp32. GPU (when there is one): the paper presets in fp16 autocast at batch
 32 and 128 with activation checkpointing, with peak memory. Each model runs eager, DICE also
-with NCHW activations (layout NCHW: what its channels-last default is worth), and with
+without its kernels (kernels off: the plain model of dice.py, what the kernels are worth), and with
 --compile each also torch.compile'd (timed after its compile, whose time is reported); ratios
 are to DiT in the same mode. Rounds interleave the models (A B C A B C ...) so that a noisy,
 shared machine slows all of them alike; the median round is reported. Results go to
@@ -62,13 +62,14 @@ def run_setting(presets: list[str], batch_size: int, device: torch.device, round
         models[variant] = variant.build(**overrides).to(device)
         models[variant].set_activation_checkpointing(checkpointing)
     macs = {name: preset_macs(name, **overrides).total for name in presets}
-    steps = {v: make_train_step(model, batch_size, device, dtype) for v, model in models.items()}
+    steps = {v: v.scoped(make_train_step(model, batch_size, device, dtype))
+             for v, model in models.items()}
     first = first_call_seconds(steps, device)
     medians = time_side_by_side(steps, device, rounds)
     rows = []
     for variant, (time_ratio, per_mac_ratio) in ratios_to_dit(medians, macs).items():
         model = models[variant]
-        row = {"model": variant.preset, "layout": variant.layout, "batch_size": batch_size,
+        row = {"model": variant.preset, "kernels": variant.kernels_label, "batch_size": batch_size,
                "shape": f"{model.input_size}x{model.input_size}x{model.in_channels}",
                "dtype": str(dtype).removeprefix("torch.") if dtype else "float32",
                "activation_checkpointing": checkpointing, "compiled": variant.compiled,
@@ -87,9 +88,9 @@ def run_setting(presets: list[str], batch_size: int, device: torch.device, round
 
 
 def format_rows(rows: list[dict]) -> str:
-    header = ["model", "layout", "shape", "batch", "dtype", "ckpt", "compiled", "step s",
+    header = ["model", "kernels", "shape", "batch", "dtype", "ckpt", "compiled", "step s",
               "img/s", "MMAC/img", "x DiT", "x DiT per MAC", "compile s", "peak GiB"]
-    cells = [[r["model"], r["layout"], r["shape"], r["batch_size"], r["dtype"],
+    cells = [[r["model"], r["kernels"], r["shape"], r["batch_size"], r["dtype"],
               "on" if r["activation_checkpointing"] else "off",
               "yes" if r["compiled"] else "no", f"{r['step_seconds']:.4f}",
               f"{r['images_per_s']:.1f}", f"{r['macs_per_image'] / 1e6:.1f}",

@@ -1,11 +1,11 @@
 """Training throughput through the real DeepSpeed engine: images/s and peak memory.
 
-Each model runs eager, DICE also with NCHW activations (what its channels-last default is
+Each model runs eager, DICE also without its kernels (the plain model: what the kernels are
 worth), and with --compile each also torch.compile'd as train.compile does it (the first
 step's time, mostly the compile, is reported); the DICE/DiT and DiMR/DiT ratios of step time
 and of step time per multiply-add are to DiT in the same mode.
 CPU: the tiny presets at global batch 128 in fp32, every engine built in one process and
-timed in interleaved rounds; peak memory (eager, default layout) is how far a fresh process's
+timed in interleaved rounds; peak memory (eager, kernels on) is how far a fresh process's
 resident memory rises while it builds the engine and runs two steps (one child process per
 model).
 GPU (when there is one): the paper presets at global batch 128 in fp16 with activation
@@ -85,8 +85,8 @@ def gpu_peak_gib(step, device: torch.device) -> float:
 
 def engine_steps(runs: list[Variant], device: torch.device, micro_batch: int, precision: str,
                  checkpointing: bool) -> dict:
-    return {v: engine_step(v.build(), device, GLOBAL_BATCH, micro_batch, precision,
-                           checkpointing)[1] for v in runs}
+    return {v: v.scoped(engine_step(v.build(), device, GLOBAL_BATCH, micro_batch, precision,
+                                    checkpointing)[1]) for v in runs}
 
 
 def time_on_gpu(runs: list[Variant], micro_batch: int, precision: str, rounds: int) -> tuple:
@@ -109,7 +109,7 @@ def time_on_cpu(runs: list[Variant], rounds: int) -> tuple:
     first = first_call_seconds(steps, cpu)
     seconds = time_side_by_side(steps, cpu, rounds)
     del steps
-    peaks = {v: cpu_peak_gib(v.preset) for v in runs if not v.compiled and v.channels_last}
+    peaks = {v: cpu_peak_gib(v.preset) for v in runs if not v.compiled and v.kernels}
     return first, seconds, peaks
 
 
@@ -122,7 +122,7 @@ def measure(runs: list[Variant], device: torch.device, micro_batch: int, precisi
     macs = {v.preset: preset_macs(v.preset).total for v in runs}
     rows = []
     for variant, (time_ratio, per_mac_ratio) in ratios_to_dit(seconds, macs).items():
-        row = {"model": variant.preset, "layout": variant.layout, "compiled": variant.compiled,
+        row = {"model": variant.preset, "kernels": variant.kernels_label, "compiled": variant.compiled,
                "device": str(device), "precision": precision, "global_batch": GLOBAL_BATCH,
                "micro_batch": micro_batch, "activation_checkpointing": checkpointing,
                "step_seconds": seconds[variant],
@@ -142,9 +142,9 @@ def measure(runs: list[Variant], device: torch.device, micro_batch: int, precisi
 
 def table(rows: list[dict]) -> str:
     return format_table(
-        ["model", "layout", "compiled", "precision", "micro", "ckpt", "img/s", "x DiT time",
+        ["model", "kernels", "compiled", "precision", "micro", "ckpt", "img/s", "x DiT time",
          "x DiT per MAC", "compile s", "peak GiB", "fits 24G"],
-        [[r["model"], r["layout"], "yes" if r["compiled"] else "no", r["precision"],
+        [[r["model"], r["kernels"], "yes" if r["compiled"] else "no", r["precision"],
           r["micro_batch"], "on" if r["activation_checkpointing"] else "off",
           f"{r['images_per_s']:.1f}", f"{r['time_ratio_to_dit']:.2f}",
           f"{r['per_mac_ratio_to_dit']:.2f}",

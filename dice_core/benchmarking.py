@@ -1,6 +1,7 @@
 """What every script under bench/ shares: the device's name and the record it writes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import statistics
@@ -12,40 +13,46 @@ from pathlib import Path
 import torch
 
 from dice_core.durable import write_text_atomic
-from dice_core.models import build_model, compile_model, get_preset
+from dice_core.models import build_model, compile_model, get_preset, kernels
 
 
 @dataclass(frozen=True)
 class Variant:
     """A preset as a benchmark runs it: torch.compile'd or eager, and for DICE with its
-    activations channels-last (its default) or NCHW."""
+    kernels (dice_core/models/kernels, the default) or as the plain reference model."""
     preset: str
     compiled: bool = False
-    channels_last: bool = True
+    kernels: bool = True
 
     @property
     def family(self) -> str:
         return get_preset(self.preset).family
 
     @property
-    def layout(self) -> str:
-        """What ``channels_last`` means for this preset: only DICE has the switch."""
+    def kernels_label(self) -> str:
+        """Only DICE has kernels."""
         if self.family != "dice":
             return "-"
-        return "NHWC" if self.channels_last else "NCHW"
+        return "on" if self.kernels else "off"
 
     def build(self, **overrides) -> torch.nn.Module:
         model = build_model(self.preset, **overrides)
-        if self.family == "dice":
-            model.channels_last = self.channels_last
         return compile_model(model) if self.compiled else model
+
+    def scoped(self, call):
+        """``call`` (a step: forward and backward, or a whole sampling) with this variant's
+        kernels."""
+        def run(*args, **kwargs):
+            with contextlib.nullcontext() if self.kernels else kernels.disabled():
+                return call(*args, **kwargs)
+        return run
 
 
 def variants(presets: list[str], compiled: bool) -> list[Variant]:
-    """Each preset eager, DICE also NCHW, and with ``compiled`` each preset compiled too
-    (channels-last only: a compile costs minutes on a small CPU)."""
+    """Each preset eager, DICE also without kernels, and with ``compiled`` each preset
+    compiled too (with kernels only: a compile costs minutes on a small CPU)."""
     eager = [Variant(p) for p in presets]
-    eager += [Variant(p, channels_last=False) for p in presets if Variant(p).family == "dice"]
+    eager += [Variant(p, kernels=False) for p in presets if Variant(p).family == "dice"]
     return eager + ([Variant(p, compiled=True) for p in presets] if compiled else [])
 
 

@@ -2,6 +2,7 @@
 import torch
 
 from dice_core.benchmarking import Variant, ratios_to_dit, variants
+from dice_core.models import kernels
 from test_dice import perturbed_dice
 
 
@@ -14,23 +15,33 @@ def test_ratios_are_to_dit_in_the_same_compile_mode_and_per_multiply_add():
     assert ratios[Variant("dit-t")] == (1.0, 1.0)
 
 
-def test_variants_add_nchw_dice_and_compiled_copies():
+def test_variants_add_dice_without_kernels_and_compiled_copies():
     runs = variants(["dice-t", "dit-t"], compiled=True)
-    assert [(v.preset, v.layout, v.compiled) for v in runs] == [
-        ("dice-t", "NHWC", False), ("dit-t", "-", False), ("dice-t", "NCHW", False),
-        ("dice-t", "NHWC", True), ("dit-t", "-", True)]
+    assert [(v.preset, v.kernels_label, v.compiled) for v in runs] == [
+        ("dice-t", "on", False), ("dit-t", "-", False), ("dice-t", "off", False),
+        ("dice-t", "on", True), ("dit-t", "-", True)]
 
 
-def test_nchw_dice_runs_its_blocks_nchw_and_computes_the_same_function():
+def test_a_variant_without_kernels_runs_the_reference_forms_inside_its_step():
     model = perturbed_dice(8, 4)
-    layouts = []
-    model.stages[0].blocks[0].register_forward_pre_hook(
-        lambda block, args: layouts.append(args[0].is_contiguous()))
     x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     t, y = torch.tensor([1, 500, 999]), torch.tensor([0, 3, 9])
-    nhwc = model(x, t, y)
-    model.channels_last = False
-    nchw = model(x, t, y)
-    assert layouts == [False, True]
-    assert nhwc.abs().max() > 1e-3
-    assert (nchw - nhwc).abs().max() <= 1e-5 * nhwc.abs().max()
+    with_kernels = Variant("dice-t").scoped(model)(x, t, y)
+    reference = Variant("dice-t", kernels=False).scoped(model)(x, t, y)
+    assert kernels.enabled()
+    assert "_DenseHandsBackward" in type_names(with_kernels.grad_fn)
+    assert "_DenseHandsBackward" not in type_names(reference.grad_fn)
+    assert (reference - with_kernels).abs().max() <= 1e-5 * with_kernels.abs().max()
+
+
+def type_names(grad_fn):
+    """Names of every node of the autograd graph behind ``grad_fn``."""
+    names, stack, seen = set(), [grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return names

@@ -19,7 +19,9 @@ from .errors import DataError
 
 
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
-    """float NCHW in [-1, 1] -> uint8 NHWC, rounding as ADM does when saving samples."""
+    """float NCHW in [-1, 1] -> uint8 NHWC, rounded to the nearest level as DiT's
+    sample_ddp.py does (``clamp(127.5 x + 128)`` then truncation); ADM's image_sample.py
+    truncates ``127.5 (x + 1)`` instead."""
     return ((pixels.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 

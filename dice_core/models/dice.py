@@ -3,6 +3,9 @@
 Three stages run at 1x, 1/2x and 1/4x of the latent's resolution, lowest first. Each stage
 predicts noise (plus learned-variance channels) at its resolution; the next finer stage sees
 the noisy latent with that prediction, upsampled and gated by the conditioning, taken out.
+
+The functions marked ``@kernels.replaceable`` are the model as written; ``kernels/`` holds
+their faster equivalents and the rule for when each is taken (``DICE_KERNELS=0``: none is).
 """
 from __future__ import annotations
 
@@ -12,47 +15,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hands import two_hands
+from . import kernels
 from .layers import (DiffusionBackbone, LabelEmbedder, TimestepEmbedder, init_normal_,
                      modulate, require_divisible, zero_)
 from .registry import register_preset
 
 
+@kernels.replaceable
+def signal_extraction(left: torch.Tensor, right: torch.Tensor,
+                      lam: torch.Tensor | float) -> torch.Tensor:
+    """The hands' merge (section 3.2): f(l, r) = (l + r) / (1 + exp((l - r)^2 lambda)).
+
+    Written as (l + r) * sigmoid(-lambda (l - r)^2), the same function, which never overflows,
+    and computed in float32 at least: in fp16, (l - r)^2 overflows to inf from |l - r| > 256.
+    """
+    dtype, compute = left.dtype, torch.promote_types(left.dtype, torch.float32)
+    left, right = left.to(compute), right.to(compute)
+    lam = lam.to(compute) if isinstance(lam, torch.Tensor) else lam
+    return ((left + right) * torch.sigmoid(-lam * (left - right).square())).to(dtype)
+
+
+@kernels.replaceable
+def depthwise(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    return conv(x)
+
+
+@kernels.replaceable
+def two_hands(x: torch.Tensor, left: nn.Conv2d, right: nn.Conv2d,
+              lam: torch.Tensor | float) -> torch.Tensor:
+    """Two depthwise 7x7 convolutions of one input, merged by signal extraction."""
+    return signal_extraction(depthwise(x, left), depthwise(x, right), lam)
+
+
+@kernels.replaceable
 def modulated_mlp(mlp: nn.Sequential, x: torch.Tensor, shift: torch.Tensor,
                   scale: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """``gate * mlp(modulate(x, shift, scale))`` for channels-last ``x`` (B, H, W, C).
-
-    Where the map holds more pixels than the MLP is wide, the modulation and the gate are
-    folded into per-sample copies of the two layers' weights (``folded_mlp``). That saves
-    three passes over the activations forward and more backward: 15-18% of the MLP's time on
-    dice-t's 32x32 stage on the CPU (bench/results/dice-mlp-cpu.md). On smaller maps (the
-    coarse stages, and every stage of the paper's widths) the per-sample weights outweigh the
-    activations, and it is slower.
-    """
-    fold = folds(x.shape[1] * x.shape[2], mlp[0].out_features)
-    return (folded_mlp if fold else broadcast_mlp)(mlp, x, shift, scale, gate)
-
-
-def folds(pixels: int, hidden: int) -> bool:
-    """Whether ``modulated_mlp`` folds on a map of ``pixels`` with an MLP ``hidden`` wide."""
-    return pixels > hidden
-
-
-def broadcast_mlp(mlp: nn.Sequential, x: torch.Tensor, shift: torch.Tensor,
-                  scale: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``gate * mlp(modulate(x, shift, scale))`` for channels-last ``x`` (B, H, W, C):
+    adaLN-Zero conditioning, as in DiT."""
     return gate[:, None, None, :] * mlp(modulate(x, shift, scale))
-
-
-def folded_mlp(mlp: nn.Sequential, x: torch.Tensor, shift: torch.Tensor,
-               scale: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """``broadcast_mlp`` as two batched matmuls with per-sample weights and biases."""
-    first, activation, second = mlp
-    batch, channels = x.shape[0], x.shape[-1]
-    first_weights = first.weight.t() * (1 + scale)[:, :, None]          # (B, C, hidden)
-    first_bias = torch.addmm(first.bias, shift, first.weight.t())[:, None]
-    h = activation(torch.baddbmm(first_bias, x.reshape(batch, -1, channels), first_weights))
-    second_weights = second.weight.t() * gate[:, None, :]               # (B, hidden, C)
-    return torch.baddbmm((gate * second.bias)[:, None], h, second_weights).view(x.shape)
 
 
 class DiceBlock(nn.Module):
@@ -124,9 +124,6 @@ class DICE(DiffusionBackbone):
         self.cascade_gates = nn.ModuleList(
             nn.Sequential(nn.SiLU(), nn.Linear(cond_size, in_channels))
             for _ in range(self.num_stages - 1))
-        # False keeps the stages' activations NCHW, as torch leaves them: only for measuring
-        # what the layout is worth (bench/models.py, bench/train.py, bench/eval.py)
-        self.channels_last = True
         self.initialize_weights(init_std)
 
     def initialize_weights(self, std: float) -> None:
@@ -157,11 +154,9 @@ class DICE(DiffusionBackbone):
         return predictions[::-1]
 
     def _run_stage(self, stage: DiceStage, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        # channels-last end to end: the depthwise convolutions take the fast kernels and the
-        # permutes to NHWC around LayerNorm and the MLP are views, not copies
-        h = stage.stem(x)
-        if self.channels_last:
-            h = h.contiguous(memory_format=torch.channels_last)
+        # channels-last, so that the permutes to (B, H, W, C) around LayerNorm and the MLP
+        # are views, not copies
+        h = stage.stem(x).contiguous(memory_format=torch.channels_last)
         for block in stage.blocks:
             h = self.run_block(block, h, c)
         h = stage.head(stage.head_norm(h.permute(0, 2, 3, 1)))

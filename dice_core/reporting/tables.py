@@ -15,6 +15,15 @@ def number(value, digits: int = 2) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def scaled(value: float) -> str:
+    """A count in G or M with two decimals: tiny models' multiply-adds are a few million,
+    the paper's over a hundred billion."""
+    for factor, unit in ((1e9, "G"), (1e6, "M")):
+        if value >= factor:
+            return f"{value / factor:,.2f} {unit}"
+    return f"{value:,.0f}"
+
+
 def table1(results: list[ModelResults], network: str) -> str:
     """IS, FD, sFD, precision, recall at the final evaluation (names as the network allows)."""
     names = metric_names(network)
@@ -25,11 +34,11 @@ def table1(results: list[ModelResults], network: str) -> str:
 
 def table2(results: list[ModelResults]) -> str:
     rows = [[r.model, f"{r.static['trainable_params']:,}",
-             number(r.static["macs_without_attention"] / 1e9),
-             number(r.static["flops"] / 1e9),
+             scaled(r.static["macs_without_attention"]), scaled(r.static["flops"]),
              number(r.static["throughput"]["samples_per_s"], 4)
              if r.static.get("throughput") else "-"] for r in results]
-    return markdown(["model", "parameters", "GMACs (no attention)", "GFLOPs", "samples/s"], rows)
+    return markdown(["model", "parameters", "multiply-adds (no attention)", "FLOPs",
+                           "samples/s"], rows)
 
 
 def emissions_table(results: list[ModelResults], totals: dict) -> str:
