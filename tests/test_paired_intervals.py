@@ -1,0 +1,107 @@
+"""The paired interval method on synthetic studies whose answer is known (fixed seeds, so the
+counts are deterministic): coverage under no difference, coverage of a known shift, and the
+power to see a shift of 4 between-seed standard deviations."""
+import numpy as np
+import pytest
+
+from dice_core.reporting.intervals import Interval
+from dice_core.reporting.paired import (
+    HOLDS,
+    REVERSED,
+    UNRESOLVED,
+    claim_verdict,
+    difference,
+    paired_bootstrap_interval,
+    seed_interval,
+)
+
+STUDIES = 100
+SEED_SD = 1.0     # between-seed standard deviation of one model's metric
+
+
+def simulated_differences(shift, seeds, study):
+    """Per-seed paired differences of two models trained with independent seeds: each
+    model's metric varies by SEED_SD from seed to seed, the claimed one is ``shift`` better."""
+    rng = np.random.default_rng([7, study, seeds])
+    claimed = rng.normal(shift, SEED_SD, seeds)
+    baseline = rng.normal(0.0, SEED_SD, seeds)
+    return claimed - baseline
+
+
+def count(condition, shift, seeds):
+    return sum(condition(seed_interval(simulated_differences(shift, seeds, study)))
+               for study in range(STUDIES))
+
+
+def covers(value):
+    return lambda interval: interval.low <= value <= interval.high
+
+
+def test_models_from_one_distribution_give_intervals_that_cover_zero():
+    assert count(covers(0.0), shift=0.0, seeds=3) >= 90
+
+
+@pytest.mark.parametrize("seeds", [3, 5])
+def test_a_known_shift_is_covered_88_to_99_times_in_100(seeds):
+    assert 88 <= count(covers(2.5), shift=2.5, seeds=seeds) <= 99
+
+
+def test_a_shift_of_four_between_seed_sds_excludes_zero_at_least_90_times_in_100():
+    """With five seeds. Three seeds see it only about two times in three (65 of these 100
+    studies: the t quantile with 2 degrees of freedom is 4.30); docs/evaluation.md says so."""
+    assert count(lambda iv: iv.low > 0, shift=4 * SEED_SD, seeds=5) >= 90
+
+
+def test_seed_interval_is_mean_plus_minus_t_sd_over_root_s():
+    interval = seed_interval([1.0, 2.0, 3.0])          # mean 2, sd 1, t(0.975, 2) = 4.3027
+    assert interval.value == pytest.approx(2.0)
+    assert interval.high - 2.0 == pytest.approx(4.302653 / np.sqrt(3), rel=1e-6)
+    with pytest.raises(ValueError, match="at least two seeds"):
+        seed_interval([1.0])
+
+
+def test_paired_bootstrap_sees_a_difference_that_marginal_intervals_hide():
+    """Two models scored on the same 500 samples whose per-sample scores share most of their
+    variation: the marginal intervals overlap, the paired one excludes zero."""
+    rng = np.random.default_rng(3)
+    shared = rng.normal(0, 1, 500)
+    claimed, baseline = shared + 0.1 + rng.normal(0, 0.1, 500), shared + rng.normal(0, 0.1, 500)
+    draws = [rng.integers(0, 500, 500) for _ in range(400)]
+    claimed_draws = [claimed[d].mean() for d in draws]
+    baseline_draws = [baseline[d].mean() for d in draws]
+    marginal_claimed = np.percentile(claimed_draws, [2.5, 97.5])
+    marginal_baseline = np.percentile(baseline_draws, [2.5, 97.5])
+    assert marginal_claimed[0] < marginal_baseline[1]              # they overlap
+    paired = paired_bootstrap_interval(claimed.mean(), claimed_draws, baseline.mean(),
+                                       baseline_draws)
+    assert paired.low > 0
+    assert paired.low <= 0.1 <= paired.high
+
+
+def test_paired_bootstrap_of_one_distribution_covers_zero_in_most_studies():
+    covered = 0
+    for study in range(STUDIES):
+        rng = np.random.default_rng([11, study])
+        shared = rng.normal(0, 1, 200)
+        claimed, baseline = shared + rng.normal(0, 0.3, 200), shared + rng.normal(0, 0.3, 200)
+        draws = [rng.integers(0, 200, 200) for _ in range(200)]
+        interval = paired_bootstrap_interval(claimed.mean(), [claimed[d].mean() for d in draws],
+                                             baseline.mean(), [baseline[d].mean() for d in draws])
+        covered += interval.low <= 0 <= interval.high
+    assert covered >= 90
+
+
+def test_difference_takes_seeds_when_there_are_several_and_the_bootstrap_for_one():
+    several = difference([(3.0, 1.0), (4.0, 1.0), (5.0, 2.0)])
+    assert several.per_seed == (2.0, 3.0, 3.0) and "3 training seeds" in several.method
+    one = difference([(3.0, 1.0)], draws=([3.1, 2.9, 3.0], [1.0, 1.1, 0.9]))
+    assert one.per_seed == (2.0,) and "sampling only" in one.method
+    with pytest.raises(ValueError, match="bootstrap draws"):
+        difference([(3.0, 1.0)])
+
+
+@pytest.mark.parametrize("metric, low, high, expected", [
+    ("fd", -3.0, -1.0, HOLDS), ("fd", 1.0, 3.0, REVERSED), ("fd", -1.0, 1.0, UNRESOLVED),
+    ("is", 1.0, 3.0, HOLDS), ("is", -3.0, -1.0, REVERSED), ("recall", -0.1, 0.1, UNRESOLVED)])
+def test_verdict_reads_the_sign_the_metric_calls_better(metric, low, high, expected):
+    assert claim_verdict(Interval((low + high) / 2, low, high), metric) == expected
