@@ -1,19 +1,73 @@
-"""Writes that survive a crash: appends that reach the disk, and files replaced whole."""
+"""Writes that survive a crash: appends that reach the disk, and files replaced whole.
+
+A write that finds no room (a full disk, a quota, a file-size limit) raises DiskFull, which
+names the file, and leaves nothing half-written under the file's name."""
 from __future__ import annotations
 
+import errno
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+from dice_core.errors import DiskFull
+
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def no_room_reason(error: BaseException | None) -> str | None:
+    """The system's words when ``error`` is a write that found no room, else None. torch and
+    safetensors raise errors of their own for it, with the OSError as their context or the
+    system's words in their text."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in NO_ROOM:
+            return os.strerror(error.errno)
+        reason = next((os.strerror(code) for code in NO_ROOM if os.strerror(code) in str(error)),
+                      None)
+        if reason is not None:
+            return reason
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextmanager
+def reporting_full_disk(path: str | os.PathLike) -> Iterator[None]:
+    """Raises a write in the block that found no room as DiskFull naming ``path``."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as error:
+        reason = no_room_reason(error)
+        if reason is None:
+            raise
+        raise DiskFull(path, reason) from error
+
+
+def append_whole(stream: BinaryIO, data: bytes, path: str | os.PathLike,
+                 sync: bool = False) -> None:
+    """Append all of ``data`` to ``stream`` (unbuffered, opened to append to ``path``) and with
+    ``sync`` fsync it; when there is no room, none of it (DiskFull), so that the next append
+    does not run on from a part."""
+    end = stream.seek(0, os.SEEK_END)
+    try:
+        with reporting_full_disk(path):
+            view = memoryview(data)
+            while view:           # a write may take a part at a time
+                view = view[stream.write(view):]
+            if sync:
+                os.fsync(stream.fileno())
+    except BaseException:
+        stream.truncate(end)
+        raise
 
 
 def append_line(path: Path, line: str) -> None:
     """Append one line and fsync, so that it is on disk when this returns."""
-    with open(path, "a", encoding="utf-8") as stream:
-        stream.write(line + "\n")
-        stream.flush()
-        os.fsync(stream.fileno())
+    with open(path, "ab", buffering=0) as stream:
+        append_whole(stream, (line + "\n").encode("utf-8"), path, sync=True)
 
 
 def replace_file(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
@@ -22,9 +76,14 @@ def replace_file(path: str | os.PathLike, write: Callable[[Path], object]) -> No
     never a part."""
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
-    write(partial)
-    with open(partial, "rb+") as stream:
-        os.fsync(stream.fileno())
+    try:
+        with reporting_full_disk(path):
+            write(partial)
+            with open(partial, "rb+") as stream:
+                os.fsync(stream.fileno())
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, path)
 
 

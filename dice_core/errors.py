@@ -9,3 +9,14 @@ class DiceError(Exception):
 
 class InputError(DiceError, ValueError):
     """A setting, a flag or a file that cannot work as given."""
+
+
+class DiskFull(DiceError):
+    """A write that found no room: a full disk, a quota, or a file-size limit."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(
+            f"the disk is full: {path} could not be written ({reason}). Nothing half-written is "
+            "kept under that name; free some space on that disk and run the same command "
+            "again: it continues from where it stopped")
+        self.path = path

@@ -1,25 +1,30 @@
 """The stages of dvc.yaml in dependency order, and one stage reproduced through the DVC CLI."""
 from __future__ import annotations
 
-from dice_core.errors import DiceError
-
 import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
+from dice_core.durable import read_json
 from dice_core.errors import DiceError
+from pipelines.stage_outcome import OUTCOME_VARIABLE
 
 # DVC's words for a lock it could not take: its process lock, and its read/write lock of paths
 LOCK_HELD = ("Unable to acquire lock", "is being blocked by")
 
 
 class StageFailed(DiceError, RuntimeError):
-    pass
+    """A stage that crashed (killed, out of memory, a lost worker): a retry may get through."""
+
+
+class StageRefused(StageFailed):
+    """A stage that stopped with an error the user must fix: a retry would fail the same way."""
 
 
 def stage_plan(root: Path) -> list[tuple[str, bool]]:
@@ -59,25 +64,34 @@ def reproduce(stage: str, root: Path, logger: logging.Logger | logging.LoggerAda
     """``dvc repro --single-item stage``; ``ran`` is False when DVC found it up to date."""
     before = lock_entry(root, stage)
     started = time.perf_counter()
-    process = subprocess.Popen([str(Path(sys.executable).with_name("dvc")), "repro",
-                                "--single-item", stage], cwd=root, env=dvc_environment(),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    tail: list[str] = []
-    for line in process.stdout:
-        line = line.rstrip()
-        if line and "\r" not in line:          # progress bars stay in the subprocess
-            logger.info("%s | %s", stage, line)
-        tail = (tail + [line])[-40:]
-    if process.wait() != 0:
-        raise StageFailed(failure_message(stage, root, "\n".join(tail)))
+    with tempfile.TemporaryDirectory(prefix="dice-stage-") as folder:
+        outcome = Path(folder) / "outcome.json"       # what the stage says of its failure
+        process = subprocess.Popen([str(Path(sys.executable).with_name("dvc")), "repro",
+                                    "--single-item", stage], cwd=root,
+                                   env={**dvc_environment(), OUTCOME_VARIABLE: str(outcome)},
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        tail: list[str] = []
+        for line in process.stdout:
+            line = line.rstrip()
+            if line and "\r" not in line:          # progress bars stay in the subprocess
+                logger.info("%s | %s", stage, line)
+            tail = (tail + [line])[-40:]
+        if process.wait() != 0:
+            raise stage_failure(stage, root, "\n".join(tail), read_json(outcome))
     ran = lock_entry(root, stage) != before
     return {"stage": stage, "ran": ran, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def failure_message(stage: str, root: Path, output: str) -> str:
+def stage_failure(stage: str, root: Path, output: str, outcome: dict | None) -> StageFailed:
+    """StageRefused when the stage stopped with an error the user must fix (its exit status 2)
+    or DVC's lock is held; StageFailed, which the flow retries, for anything else."""
+    if outcome and outcome.get("exit_status") == 2:
+        return StageRefused(f"{stage}: {outcome['message']}\n(not retried: it fails the same "
+                            "way until this is fixed; then run the flow again)")
     if any(words in output for words in LOCK_HELD):
-        return (f"{stage}: DVC's lock is held. If no other `dvc repro` or `dice flow` runs in "
-                f"{root}, a killed run left it: remove {root / '.dvc' / 'tmp' / 'lock'} and "
-                f"{root / '.dvc' / 'tmp' / 'rwlock'}, then run the flow again (finished stages "
-                "are kept, training resumes from its checkpoints).\n" + output)
-    return f"{stage} failed (`dvc repro --single-item {stage}` in {root}):\n{output}"
+        return StageRefused(
+            f"{stage}: DVC's lock is held. If no other `dvc repro` or `dice flow` runs in "
+            f"{root}, a killed run left it: remove {root / '.dvc' / 'tmp' / 'lock'} and "
+            f"{root / '.dvc' / 'tmp' / 'rwlock'}, then run the flow again (finished stages "
+            "are kept, training resumes from its checkpoints).\n" + output)
+    return StageFailed(f"{stage} failed (`dvc repro --single-item {stage}` in {root}):\n{output}")

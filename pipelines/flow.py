@@ -37,6 +37,18 @@ def run_stage(stage: str, project: str) -> dict:
     return dvc_stages.reproduce(stage, Path(project), get_run_logger())
 
 
+def retry_helps(task, task_run, state) -> bool:
+    """Prefect's retry condition: a crash (killed, out of memory, a lost worker) is retried, a
+    stage that stopped with an error the user must fix is not."""
+    return not isinstance(state.data, dvc_stages.StageRefused)
+
+
+def stage_task(stage: str):
+    """``run_stage``, retried once after a crash where the re-run resumes."""
+    return run_stage.with_options(retries=1 if stage.startswith(RESUMING) else 0,
+                                  retry_condition_fn=retry_helps)
+
+
 @task(task_run_name="{stage}")
 def up_to_date(stage: str) -> dict:
     get_run_logger().info("%s | up to date (dvc status), and so is everything it depends on",
@@ -69,8 +81,7 @@ def dice_pipeline(models: list[str] | None = None, profile: str | None = None,
         if not must_run:
             results.append(up_to_date(stage))
             continue
-        retries = 1 if stage.startswith(RESUMING) else 0
-        results.append(run_stage.with_options(retries=retries)(stage, str(root)))
+        results.append(stage_task(stage)(stage, str(root)))
     delivered = deliver(str(root))
     keys = publish(str(root))
     ran = [r["stage"] for r in results if r["ran"]]
@@ -117,5 +128,5 @@ def run(args: argparse.Namespace) -> dict | None:
 
 
 if __name__ == "__main__":
-    from pipelines.cli import run_as_module   # only as a script: `dice` imports this module
+    from pipelines.cli import run_as_module  # only as a script: `dice` imports this module
     sys.exit(run_as_module("flow"))

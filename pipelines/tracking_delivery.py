@@ -1,8 +1,9 @@
 """``dice tracking flush`` (also the flow's last task, and the end of ``make repro``): MLflow
 records that runs journalled while the server was down, sent now.
 
-It runs outside the DVC stages, so that DVC stays up to date; a server still down leaves the
-records where they are, for the next delivery.
+It runs outside the DVC stages, and the tracker's files it rewrites in the run folders are in
+.dvcignore, so that DVC stays up to date; a server still down leaves the records where they
+are, for the next delivery.
 """
 from __future__ import annotations
 
@@ -58,5 +59,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from pipelines.cli import run_as_module   # only as a script: `dice` imports this module
+    from pipelines.cli import run_as_module  # only as a script: `dice` imports this module
     sys.exit(run_as_module("tracking"))

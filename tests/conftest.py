@@ -3,6 +3,7 @@ import tempfile
 
 import pytest
 import torch
+
 from servers import MlflowServer, PrefectServer
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -58,3 +59,12 @@ def prefect_server(tmp_path_factory):
     """One real Prefect server for the session (about 30 s to start on 2 cores)."""
     with PrefectServer(tmp_path_factory.mktemp("prefect-server")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory):
+    """32 coloured shapes of 2 classes at 8x8 in pixel space, 4 shards: training data for
+    dit-t that takes seconds."""
+    from helpers import tiny_latents
+    return tiny_latents(tmp_path_factory.mktemp("tiny-shards"), num_classes=2, per_class=16,
+                        image_size=8, resolution=8, shard_size=8)

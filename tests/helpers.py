@@ -68,14 +68,16 @@ def copy_project(destination):
     for item in ("dice_core", "pipelines", "profiles"):
         shutil.copytree(project / item, destination / item,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(project / "dvc.yaml", destination / "dvc.yaml")
+    for item in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(project / item, destination / item)
 
 
 def training_params(tmp_path, shards, uri, **train) -> dict:
     """The project's params.yaml shrunk for a test: dit-t on ``shards``, 6 steps of 16,
     checkpoints every 3, runs under ``tmp_path``, MLflow at ``uri``, no reference."""
-    import yaml
     from pathlib import Path
+
+    import yaml
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     raw["train"].update({"models": ["dit-t"], "data": str(shards),
                          "output": str(tmp_path / "runs"), "steps": 6, "global_batch": 16,
@@ -85,8 +87,15 @@ def training_params(tmp_path, shards, uri, **train) -> dict:
     raw["tracking"].update(uri=uri, experiment=tmp_path.name, log_images=False,
                            retry_seconds=0.1)
     raw["evaluate"].update(reference=str(tmp_path / "no-reference.npz"), samples=4, steps=10,
-                           in_training={"samples": None, "sampler": None, "steps": None})
+                           in_training={"samples": None, "sampler": None, "steps": None,
+                                        "cfg_scales": None})
     return raw
+
+
+def training_job(tmp_path, shards, uri, **train):
+    """``training_params`` as the TrainingJob that train_model takes."""
+    from dice_core.config import Params, TrainingJob
+    return TrainingJob.of(Params.model_validate(training_params(tmp_path, shards, uri, **train)))
 
 
 def tiny_autoencoder_params(**overrides) -> dict:
@@ -98,8 +107,9 @@ def tiny_autoencoder_params(**overrides) -> dict:
 def scratch_project(folder, resolution):
     """This project's code in ``folder`` with params for 8 shapes of 2 classes; returns the
     params (not yet written, for the test to adjust)."""
-    import yaml
     from pathlib import Path
+
+    import yaml
     copy_project(folder)
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     params["prepare"].update(source="shapes", resolution=resolution, shard_size=4,
@@ -108,7 +118,8 @@ def scratch_project(folder, resolution):
     params["encode"]["device"] = "cpu"
     params["autoencoder"].update(tiny_autoencoder_params())
     params["evaluate"].update(samples=4, steps=2, batch_size=4, device="cpu",
-                              in_training={"samples": 4, "sampler": None, "steps": 2})
+                              in_training={"samples": 4, "sampler": None, "steps": 2,
+                                           "cfg_scales": None})
     params["classifier"].update(epochs=1, input_size=resolution, device="cpu")
     return params
 
@@ -136,3 +147,42 @@ def random_inception_weights(path, calibration_images=None):
             network.train()(torch.from_numpy(calibration_images))
     torch.save(network.state_dict(), path)
     return network.eval()
+
+
+def dit_size(in_channels=4, input_size=32, num_classes=1000, patch_size=2, hidden_size=1152,
+             depth=28, mlp_ratio=4.0, **_):
+    """(trainable parameters, forward multiply-adds at batch 1, attention's share of them) of
+    DiT counted layer by layer from the DiT paper's design: learned sigma (2C outputs), a
+    null-class row, a frozen sin-cos position table; norms and elementwise ops cost nothing."""
+    c, h, p, n = in_channels, hidden_size, patch_size, (input_size // patch_size) ** 2
+    m, out = int(h * mlp_ratio), p * p * 2 * c
+    params = (c * p * p * h + h                      # patch embedding
+              + 256 * h + h + h * h + h              # timestep MLP
+              + (num_classes + 1) * h                # class table
+              + depth * (3 * h * h + 3 * h + h * h + h + h * m + m + m * h + h
+                         + 6 * h * h + 6 * h)        # qkv, proj, MLP, adaLN of each block
+              + 2 * h * h + 2 * h + h * out + out)   # final adaLN and linear
+    attention = depth * 2 * n * n * h                # QK^T and AV
+    macs = (n * h * c * p * p + 256 * h + h * h
+            + depth * (6 * h * h + n * (4 * h * h + 2 * h * m)) + attention
+            + 2 * h * h + n * h * out)
+    return params, macs, attention
+
+
+def train_command(params_file, model="dit-t") -> list[str]:
+    """The train stage's own command, `python -m pipelines.train`, for ``model``."""
+    import sys
+    return [sys.executable, "-m", "pipelines.train", "--params", str(params_file),
+            "--model", model]
+
+
+def subprocess_env(**variables) -> dict[str, str]:
+    """This environment for a training subprocess, with ``variables``: without this process's
+    rank and rendezvous port (an engine here set them), with the project's built torch ops."""
+    from pathlib import Path
+
+    from dice_core.training.engine import child_process_env
+    env = child_process_env()
+    env.setdefault("TORCH_EXTENSIONS_DIR",
+                   str(Path(__file__).resolve().parents[1] / ".cache" / "torch_extensions"))
+    return {**env, **variables}

@@ -199,6 +199,7 @@ def test_dice_profile_imagenet_writes_params_that_dvc_runs_as_the_whole_graph(tm
 def test_a_dvc_lock_held_for_a_process_that_is_not_dvc_is_named_with_the_files_to_remove(
         tmp_path):
     import logging
+
     from pipelines.dvc_stages import StageFailed, reproduce
     (tmp_path / "dvc.yaml").write_text(
         "stages:\n  hello:\n    cmd: echo hi > out.txt\n    outs:\n      - out.txt\n")
@@ -213,3 +214,64 @@ def test_a_dvc_lock_held_for_a_process_that_is_not_dvc_is_named_with_the_files_t
     rwlock.unlink()
     assert reproduce("hello", tmp_path, logging.getLogger("test"))["ran"]
     assert (tmp_path / "out.txt").read_text().strip() == "hi"
+
+
+def test_the_retry_decision_follows_what_the_stage_said(tmp_path, monkeypatch):
+    """A command that stops with an error to fix writes it where the flow asked; the flow does
+    not retry that, and retries anything else (killed, out of memory, a lost worker)."""
+    from prefect.states import Failed
+
+    from pipelines.cli import main
+    from pipelines.dvc_stages import stage_failure
+    from pipelines.flow import retry_helps
+    from pipelines.stage_outcome import OUTCOME_VARIABLE
+    outcome = tmp_path / "outcome.json"
+    monkeypatch.setenv(OUTCOME_VARIABLE, str(outcome))
+    assert main(["profile", "imagenet", "--params", str(tmp_path / "missing.yaml")]) == 2
+    said = json.loads(outcome.read_text())
+    assert said["exit_status"] == 2 and "missing.yaml not found" in said["message"]
+    refused = stage_failure("prepare", tmp_path, "dvc's last lines", said)
+    assert "prepare: " + said["message"] in str(refused) and "not retried" in str(refused)
+    assert not retry_helps(None, None, Failed(data=refused))
+    killed = stage_failure("prepare", tmp_path, "exited with -9", None)
+    assert "exited with -9" in str(killed) and retry_helps(None, None, Failed(data=killed))
+
+
+# Two of the flow's stage tasks, each retried once after a crash, in a flow run of its own
+TWO_STAGES = """
+import json
+from prefect import flow
+from pipelines.dvc_stages import StageFailed, StageRefused
+from pipelines.flow import stage_task
+
+@flow
+def two_stages() -> dict:
+    failures = {}
+    for stage in ("prepare", "encode"):
+        try:
+            stage_task(stage)(stage, ".")
+        except StageFailed as error:
+            failures[stage] = {"refused": isinstance(error, StageRefused), "error": str(error)}
+    return failures
+
+print(json.dumps(two_stages()))
+"""
+
+
+@pytest.mark.slow
+def test_a_stage_that_stops_with_an_error_to_fix_runs_once_and_a_killed_one_twice(
+        tmp_path, prefect_server):
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        # the `dice` command refusing (exit status 2), and a stage killed as by the OOM killer
+        "prepare": {"cmd": "echo run >> prepare.runs && python -m pipelines.cli profile "
+                           "imagenet --params missing.yaml"},
+        "encode": {"cmd": "echo run >> encode.runs && kill -9 $$"}}}))
+    run(["git", "init", "-q"], tmp_path)
+    run([str(BIN / "dvc"), "init", "-q"], tmp_path)
+    failures = flow_result(run([sys.executable, "-c", TWO_STAGES], tmp_path,
+                               prefect_server.api_url).stdout)
+    assert (tmp_path / "prepare.runs").read_text().split() == ["run"]
+    assert failures["prepare"]["refused"]
+    assert "prepare: missing.yaml not found" in failures["prepare"]["error"]
+    assert (tmp_path / "encode.runs").read_text().split() == ["run", "run"]
+    assert not failures["encode"]["refused"]

@@ -99,12 +99,73 @@ def test_restore_copies_a_ray_checkpoint_only_into_a_run_folder_without_one(tmp_
 
     restore_checkpoint(Checkpoint.from_directory(reported), run_dir)
     latest = run_dir / "checkpoints" / "latest.json"
-    assert json.loads(latest.read_text()) == {"tag": "step-0000004", "step": 4}
+    assert json.loads(latest.read_text()) == {"tag": "step-0000004", "step": 4, "healthy": None}
     assert (run_dir / "checkpoints" / "step-0000004" / "state.json").is_file()
 
     (reported / "state.json").write_text(json.dumps({"step": 6}))
     restore_checkpoint(Checkpoint.from_directory(reported), run_dir)
     assert json.loads(latest.read_text())["step"] == 4  # the run folder's own one is kept
+
+
+def reported_checkpoints(storage: Path, health: dict[int, bool]) -> list:
+    """Checkpoint folders in Ray's storage, as Ray reports them back: {step: healthy}."""
+    from ray.train import Checkpoint
+    from ray.train.v2.api.reported_checkpoint import ReportedCheckpoint, ReportedCheckpointStatus
+
+    reported = []
+    for step, healthy in health.items():
+        folder = storage / f"step-{step:07d}"
+        folder.mkdir(parents=True)
+        (folder / "state.json").write_text(json.dumps({"step": step, "healthy": healthy}))
+        reported.append(ReportedCheckpoint(Checkpoint.from_directory(folder),
+                                           {"step": step, "healthy": int(healthy)},
+                                           ReportedCheckpointStatus.COMMITTED))
+    return reported
+
+
+def test_a_restore_from_ray_keeps_the_healthy_checkpoint_to_roll_back_to(tmp_path):
+    from dice_core.training.checkpoint import CheckpointStore
+    from dice_core.training.ray_backend import newest_healthy
+
+    reported = reported_checkpoints(tmp_path / "ray", {2: True, 4: False, 6: False})
+    store = CheckpointStore(tmp_path / "run")
+    restore_checkpoint(reported[-1].checkpoint, store.folder.parent, newest_healthy(reported))
+    assert store.latest() == {"tag": "step-0000006", "step": 6,
+                              "healthy": {"tag": "step-0000002", "step": 2}}
+    assert store.roll_back_to_healthy() == {"tag": "step-0000002", "step": 2}
+    assert store.latest()["tag"] == "step-0000002"
+    assert [p.name for p in store.folder.glob("diverged/*")] == ["step-0000006"]
+
+    healthy_latest = reported_checkpoints(tmp_path / "ray-healthy", {2: True, 4: True})
+    store = CheckpointStore(tmp_path / "healthy-run")
+    restore_checkpoint(healthy_latest[-1].checkpoint, store.folder.parent,
+                       newest_healthy(healthy_latest))
+    assert store.healthy() == {"tag": "step-0000004", "step": 4}
+    assert [p.name for p in store.folder.glob("step-*")] == ["step-0000004"]
+
+
+def test_ray_prunes_its_storage_to_the_newest_healthy_checkpoints_and_the_latest(tmp_path):
+    """Ray's own checkpoint manager, under the configuration train_with_ray gives it."""
+    import asyncio
+
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import (
+        CheckpointManager,
+    )
+    from ray.train.v2._internal.execution.storage import StorageContext
+    from ray.train.v2._internal.execution.training_report import _TrainingReport
+
+    from dice_core.training.ray_backend import checkpoint_config
+
+    async def report_all():      # Ray's manager notifies its listeners on an event loop
+        manager = CheckpointManager(checkpoint_config(keep=1),
+                                    StorageContext(str(tmp_path), experiment_dir_name=MODEL))
+        for reported in reported_checkpoints(tmp_path / MODEL, {2: True, 4: True, 6: False,
+                                                                8: False}):
+            manager.register_checkpoint(_TrainingReport(reported.checkpoint, reported.metrics,
+                                                        validation=False))
+    asyncio.run(report_all())
+    assert sorted(p.name for p in (tmp_path / MODEL).glob("step-*")) == \
+        ["step-0000004", "step-0000008"]
 
 
 def free_port() -> int:
@@ -163,3 +224,21 @@ def test_a_worker_error_is_raised_as_the_worker_raised_it(ray_cluster, tmp_path)
     with pytest.raises(DataError, match="manifest.json not found"):
         train_with_ray(ray_params(missing, tmp_path, steps=2, ray_address=ray_cluster), MODEL,
                        None)
+
+
+def test_an_unreachable_cluster_is_refused_at_once_naming_its_address(latents, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from dice_core.errors import InputError
+    from dice_core.training.runner import train_models
+
+    address = f"127.0.0.1:{free_port()}"       # nothing listens there
+    job = ray_params(latents, tmp_path, steps=2, ray_address=address)
+    started = time.monotonic()
+    with pytest.raises(InputError, match=f"no Ray cluster answers at {address} "):
+        train_models(job, [MODEL])
+    assert time.monotonic() - started < 60
+    client = MlflowClient(job.tracking.uri)
+    runs = client.search_runs([client.get_experiment_by_name(job.tracking.experiment)
+                               .experiment_id])
+    assert runs and {run.info.status for run in runs} == {"FAILED"}

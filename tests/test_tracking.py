@@ -5,10 +5,10 @@ import time
 
 import numpy as np
 from mlflow.tracking import MlflowClient
-from servers import free_port
 from PIL import Image
 
 from dice_core.tracking import RunTracker, flatten_params, open_parent_run
+from servers import free_port
 
 TRACKER_LOGGER = "dice_core.tracking.mlflow_tracker"
 
@@ -242,8 +242,10 @@ def test_trackers_made_or_closed_while_the_server_is_down(mlflow_server, tmp_pat
 
 def test_dice_tracking_flush_sends_what_a_run_journalled_while_the_server_was_down(
         mlflow_server, tmp_path, capsys):
-    import yaml
     from pathlib import Path
+
+    import yaml
+
     from pipelines.cli import main as dice_main
     from pipelines.tracking_delivery import deliver_pending
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
@@ -300,3 +302,44 @@ def test_a_step_the_journal_took_is_not_logged_again_after_a_kill(tmp_path):
     rolled_back = tracker()
     rolled_back.log_metrics({"loss": 0.7}, step=2)     # trained again: logged again
     assert [r["step"] for r in pending(state_dir) if r["kind"] == "metrics"] == [1, 2, 3, 2]
+
+
+def test_a_flush_after_dvc_repro_leaves_dvc_up_to_date(mlflow_server, tmp_path):
+    """As `make repro` runs it: `dvc repro` with MLflow records journalled inside a stage's
+    output (and inside what a later stage depends on), then `dice tracking flush`."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from pipelines.tracking_delivery import deliver_pending
+    project = Path(__file__).resolve().parents[1]
+    shutil.copy(project / ".dvcignore", tmp_path)   # what tells DVC what to leave out
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["output"] = "runs"
+    params["tracking"].update(uri=mlflow_server.uri, experiment=tmp_path.name)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    down = f"http://127.0.0.1:{free_port()}"
+    for name in ("dit-t", "pipeline"):      # a model's run and the pipeline's, MLflow down
+        tracker = RunTracker(down, tmp_path.name, tmp_path / "runs" / name / "tracking",
+                             run_name=name, once_per_step=True)
+        tracker.log_metrics({"loss": 0.5}, step=1)
+        tracker.log_artifact(tmp_path / "params.yaml", "config")
+        tracker.close()
+    # the run folder persists: the stage finishes the run the journal belongs to
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "train": {"cmd": "echo '{\"status\": \"FINISHED\"}' > runs/dit-t/summary.json",
+                  "outs": [{"runs/dit-t": {"persist": True}}]},
+        "report": {"cmd": "echo reported > report.txt", "deps": ["runs"],
+                   "outs": ["report.txt"]}}}))
+    dvc = [str(Path(sys.executable).with_name("dvc"))]
+    for command in (["git", "init", "-q"], [*dvc, "init", "-q"], [*dvc, "repro", "-q"]):
+        subprocess.run(command, cwd=tmp_path, check=True, capture_output=True)
+
+    assert deliver_pending(tmp_path) == 4
+    assert pending(tmp_path / "runs" / "dit-t" / "tracking") == []
+    status = subprocess.run([*dvc, "status", "--json"], cwd=tmp_path, check=True,
+                            capture_output=True, text=True)
+    assert json.loads(status.stdout or "{}") == {}

@@ -18,10 +18,9 @@ from dice_core.config import Params, TrainingJob, load_params
 from dice_core.training import CheckpointMismatch, NonFiniteLoss, train_model
 from dice_core.training import steps as steps_module
 from dice_core.training.checkpoint import CheckpointStore
-from dice_core.training.engine import child_process_env
 from dice_core.training.health import DivergenceGuard
 from dice_core.training.runner import train_models
-from helpers import tiny_latents, training_params
+from helpers import subprocess_env, tiny_latents, train_command, training_params
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -94,10 +93,8 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights_and_loss_curve(
     params_file = killed / "params.yaml"
     params_file.write_text(yaml.safe_dump(training_params(killed, shards, mlflow_server.uri,
                                                      **settings)))
-    command = [sys.executable, "-m", "pipelines.train", "--params", str(params_file),
-               "--model", "dit-t"]
-    env = child_process_env()   # not the rank and port of an engine in this test process
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(PROJECT / ".cache" / "torch_extensions"))
+    command = train_command(params_file)
+    env = subprocess_env()      # not the rank and port of an engine in this test process
     log = open(killed / "first-attempt.log", "w")
     process = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=log, stderr=log)
     run_dir = killed / "runs" / "dit-t"
@@ -312,6 +309,8 @@ def test_a_checkpoint_file_that_would_run_code_is_refused_at_resume(tmp_path, sh
     states = store.folder / store.latest()["tag"] / "mp_rank_00_model_states.pt"
     marker = tmp_path / "code-ran"
     torch.save({"module": RunsCode(marker)}, states)
+    # whoever can write the file can delete its checksums too: the load itself refuses it
+    (states.parent / "checksums.json").unlink()
     with pytest.raises(CheckpointMismatch, match="holds more than tensors and plain values"):
         train_model(make_params(tmp_path, shards, mlflow_server.uri, steps=6), "dit-t")
     assert not marker.exists()
@@ -407,3 +406,85 @@ def test_a_run_stopped_for_non_finite_losses_ends_the_command_with_status_2(monk
     monkeypatch.setattr(pipelines.train, "run", stopped)
     assert dice_main(["train", "--model", "dit-t"]) == 2
     assert "error: dit-t: 3 optimiser steps in a row" in capsys.readouterr().err
+
+
+def test_throughput_counts_the_steps_alone_and_evaluation_and_checkpoint_have_their_times(
+        tmp_path, shards, mlflow_server, monkeypatch):
+    """An evaluation and a checkpoint made 1.5 s slower each at step 3 stay out of the
+    throughput of steps 4-6, and are logged as their own times."""
+    from dice_core.training import loop
+    from dice_core.training.periodic import Evaluation
+    real_step, real_save, real_evaluate = loop.optimiser_step, CheckpointStore.save, \
+        Evaluation.__call__
+    step_seconds = {}
+
+    def timed_step(s, step):
+        started = time.perf_counter()
+        loss = real_step(s, step)
+        step_seconds[step + 1] = time.perf_counter() - started
+        return loss
+
+    def slower_at_step_3(real):
+        def job(self, *args, **kwargs):
+            result = real(self, *args, **kwargs)
+            if 3 in (args[0], args[2].get("step") if len(args) > 2 else None):
+                time.sleep(1.5)
+            return result
+        return job
+    monkeypatch.setattr(loop, "optimiser_step", timed_step)
+    monkeypatch.setattr(CheckpointStore, "save", slower_at_step_3(real_save))
+    monkeypatch.setattr(Evaluation, "__call__", slower_at_step_3(real_evaluate))
+    summary = train_model(make_params(tmp_path, shards, mlflow_server.uri, log_every=3,
+                                      eval_every=3), "dit-t")
+    client = MlflowClient(mlflow_server.uri)
+
+    def logged(key):
+        return {m.step: m.value for m in client.get_metric_history(summary["run_id"], key)}
+    assert logged("time/eval_s")[3] >= 1.5 and logged("time/checkpoint_s")[3] >= 1.5
+    assert set(logged("time/checkpoint_s")) == set(logged("time/eval_s")) == {3, 6}
+    steps_per_s, images_per_s = logged("train/steps_per_s"), logged("train/images_per_s")
+    # steps 4-6 and what little the loop does between them, not the 3 s spent at step 3
+    assert 3 / steps_per_s[6] < sum(step_seconds[step] for step in (4, 5, 6)) + 1.5
+    assert images_per_s[6] == pytest.approx(16 * steps_per_s[6])
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_dice_train_says_where_it_stopped_exits_130_and_ends_its_mlflow_runs_killed(
+        tmp_path, shards, mlflow_server):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(training_params(tmp_path, shards, mlflow_server.uri,
+                                                          steps=10**4, ckpt_every=4)))
+    env = subprocess_env()      # not the rank and port of an engine in this test process
+    run_dir = tmp_path / "runs" / "dit-t"
+    with open(tmp_path / "train.log", "w+") as log:
+        # a session of its own: Ctrl-C in a terminal reaches every process of the command
+        process = subprocess.Popen(train_command(params_file), cwd=PROJECT, env=env,
+                                   stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while process.poll() is None and time.monotonic() < deadline and not (
+                CheckpointStore(run_dir).latest() or {}).get("step"):
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+        log.seek(0)
+        output = log.read()
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    [line] = [line for line in output.splitlines() if "interrupted" in line]
+    latest = CheckpointStore(run_dir).latest()
+    stopped_at = int(line.split("interrupted at step ")[1].split(";")[0])
+    assert stopped_at >= latest["step"] > 0
+    assert f"the last checkpoint is {run_dir / 'checkpoints' / latest['tag']}" in line
+    assert "the same command (or dvc repro) resumes it" in line
+    client = MlflowClient(mlflow_server.uri)
+    for state in (run_dir / "tracking", tmp_path / "runs" / "pipeline" / "tracking"):
+        run_id = json.loads((state / "run.json").read_text())["run_id"]
+        assert client.get_run(run_id).info.status == "KILLED"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "KILLED"
+
+
+def test_dice_evaluate_of_an_unknown_model_names_the_valid_ones(capsys):
+    from pipelines.cli import main as dice_main
+    assert dice_main(["evaluate", "--model", "no-such-model"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown model 'no-such-model'; valid models are: " in error and "dit-t" in error
+    assert "train it first" not in error

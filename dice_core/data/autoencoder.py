@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dice_core.durable import replace_atomically, write_text_atomic
+from dice_core.durable import replace_atomically, reporting_full_disk, write_text_atomic
 from dice_core.seeding import AUTOENCODER, seeded_generator
 
 from .errors import DataError
@@ -127,7 +128,12 @@ def save_autoencoder(vae, folder: str | Path, identity: dict, stats: dict) -> di
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / ".staging"
-    vae.save_pretrained(staging, safe_serialization=True)
+    try:
+        with reporting_full_disk(staging):
+            vae.save_pretrained(staging, safe_serialization=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)    # a full disk gets its room back
+        raise
     for name in ("config.json", "diffusion_pytorch_model.safetensors"):
         replace_atomically(folder / name, lambda f, n=name: f.write((staging / n).read_bytes()))
         (staging / name).unlink()

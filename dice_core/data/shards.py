@@ -22,7 +22,7 @@ import numpy as np
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 from webdataset.writer import TarWriter
 
-from ..durable import append_line, write_json_atomic, write_text_atomic
+from ..durable import append_line, replace_atomically, write_json_atomic, write_text_atomic
 from .errors import DataError
 
 SHARD_NAME = "shard-{:06d}.tar"
@@ -53,25 +53,20 @@ def sha256_of(data: bytes) -> str:
 
 def write_shard(path: Path, samples: Iterable[dict]) -> dict:
     """Writes samples as a tar under a temporary name, fsyncs, renames; returns its record."""
-    partial = path.with_name(path.name + ".partial")
     count = 0
-    try:
-        with open(partial, "wb") as stream:
-            # A fixed mtime makes the bytes (and so the checksum) a function of the content.
-            writer = TarWriter(stream, encoder=False, mtime=0.0)
-            try:
-                for sample in samples:
-                    writer.write(sample)
-                    count += 1
-            finally:
-                writer.close()
-            stream.flush()
-            os.fsync(stream.fileno())
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    data = partial.read_bytes()
-    os.replace(partial, path)
+
+    def write(stream) -> None:
+        nonlocal count
+        # A fixed mtime makes the bytes (and so the checksum) a function of the content.
+        writer = TarWriter(stream, encoder=False, mtime=0.0)
+        try:
+            for sample in samples:
+                writer.write(sample)
+                count += 1
+        finally:
+            writer.close()
+    replace_atomically(path, write)
+    data = path.read_bytes()
     return {"name": path.name, "count": count, "size": len(data), "sha256": sha256_of(data)}
 
 

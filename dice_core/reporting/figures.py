@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")   # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from dice_core.durable import replace_atomically  # noqa: E402
+
 from .collect import ModelResults  # noqa: E402
 
 
@@ -23,7 +25,7 @@ def curve(results: list[ModelResults], key: str, label: str, path: Path) -> Path
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    replace_atomically(path, lambda stream: figure.savefig(stream, format="png", dpi=120))
     plt.close(figure)
     return path
 
@@ -43,6 +45,6 @@ def bubbles(results: list[ModelResults], fd_key: str, path: Path) -> Path:
     axes.set_ylabel(fd_key)
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    replace_atomically(path, lambda stream: figure.savefig(stream, format="png", dpi=120))
     plt.close(figure)
     return path

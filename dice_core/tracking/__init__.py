@@ -1,6 +1,8 @@
 """Experiment tracking: MLflow runs that survive an unreachable server, and emissions."""
 from .emissions import (
     METRIC_NAMES as EMISSIONS_METRIC_NAMES,
+)
+from .emissions import (
     EmissionsMeter,
     paper_estimate_kg,
     total_emissions,

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from dice_core.durable import append_line, fsync_tree, write_text_atomic
+from dice_core.durable import append_line, fsync_tree, reporting_full_disk, write_text_atomic
 
 PENDING_FILE = "pending.jsonl"
 PENDING_ARTIFACTS = "pending_artifacts"
@@ -46,8 +46,13 @@ class Journal:
         key = f"{uuid.uuid4().hex}/{name}"
         path = self.local_path(key)
         path.parent.mkdir(parents=True)
-        write(path)
-        fsync_tree(path)
+        try:
+            with reporting_full_disk(path):
+                write(path)
+                fsync_tree(path)
+        except BaseException:
+            shutil.rmtree(path.parent, ignore_errors=True)
+            raise
         return key
 
     def local_path(self, key: str) -> Path:

@@ -33,6 +33,8 @@ from mlflow.utils.validation import (  # noqa: E402
 )
 
 from dice_core.durable import read_json, write_json_atomic  # noqa: E402
+from dice_core.faults import fault_point  # noqa: E402
+
 from .journal import Journal  # noqa: E402
 from .system_metrics import SystemSampler  # noqa: E402
 
@@ -377,6 +379,7 @@ class RunTracker:
                        for record in group for key, value in record["values"].items()]
             for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
                 self._client.log_batch(self._run_id, metrics=chunk, synchronous=True)
+                fault_point("mlflow_send")   # taken by the server, still in the journal
         elif kind == "params":
             params = [Param(key, value) for key, value in group[0]["values"].items()]
             for chunk in _chunks(params, MAX_PARAMS_TAGS_PER_BATCH):

@@ -10,6 +10,7 @@ import torch
 
 from dice_core.errors import InputError
 
+from .build_lock import clear_stale_build_locks
 from .layout import BatchLayout
 
 
@@ -79,6 +80,7 @@ def initialize_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
 
     ensure_single_process_env()
     environment_ninja_first()
+    clear_stale_build_locks()       # DeepSpeed builds its CPU op here the first time
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     return engine
 

@@ -20,12 +20,15 @@ import torch
 
 @dataclass
 class LossWindow:
-    """The steps since the last log: mean loss, skipped steps and throughput."""
+    """The steps since the last log: mean loss, skipped steps and throughput. The throughput
+    is the steps' alone: the time of the evaluations and checkpoints in the window is left
+    out (``exclude``)."""
     loss_sum: float = 0.0
     count: int = 0
     skipped: int = 0
     steps: int = 0
     started: float = field(default_factory=time.perf_counter)
+    excluded: float = 0.0
 
     def add(self, loss: float | None) -> None:
         """``loss`` None: the optimiser skipped the step."""
@@ -37,7 +40,7 @@ class LossWindow:
             self.count += 1
 
     def metrics(self, global_batch: int) -> dict[str, float]:
-        seconds = time.perf_counter() - self.started
+        seconds = time.perf_counter() - self.started - self.excluded
         metrics = {"train/steps_per_s": self.steps / seconds,
                    "train/images_per_s": self.steps * global_batch / seconds,
                    "train/skipped_steps": self.skipped}
@@ -46,7 +49,11 @@ class LossWindow:
         return metrics
 
     def restart_clock(self) -> None:
-        self.started = time.perf_counter()
+        self.started, self.excluded = time.perf_counter(), 0.0
+
+    def exclude(self, seconds: float) -> None:
+        """Seconds inside the window that were not spent on its steps."""
+        self.excluded += seconds
 
     def state(self) -> dict:
         """What a checkpoint keeps so that a resumed run logs the same window (not the clock)."""

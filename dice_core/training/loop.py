@@ -2,7 +2,8 @@
 
 Set-up is one call (session.py), then one optimiser step per iteration (steps.py) and the
 periodic jobs, one call each (periodic.py): log every ``train.log_every`` steps, evaluate every
-``train.eval_every``, checkpoint every ``train.ckpt_every`` and after the last step.
+``train.eval_every``, checkpoint every ``train.ckpt_every`` and after the last step (the last
+two timed as ``time/eval_s`` and ``time/checkpoint_s``, outside the steps' throughput).
 """
 from __future__ import annotations
 
@@ -12,8 +13,19 @@ from tqdm.auto import tqdm
 
 from dice_core.config import TrainingJob
 from dice_core.data import check_lanes
+from dice_core.faults import fault_point
 
-from .periodic import Evaluation, divergence, due, finish, log_progress, save_checkpoint
+from .errors import TrainingInterrupted
+from .periodic import (
+    Evaluation,
+    divergence,
+    due,
+    finish,
+    interruption,
+    log_progress,
+    save_checkpoint,
+    timed,
+)
 from .run_lock import RunFolderLock
 from .session import Placement, open_session
 from .steps import optimiser_step
@@ -40,6 +52,7 @@ def _train(job: TrainingJob, model_name: str, placement: Placement) -> dict:
     s.window.restart_clock()
     try:
         for step in range(s.start_step, train.steps):
+            fault_point("step")
             loss = optimiser_step(s, step)
             if s.guard.observe(loss):
                 raise divergence(s, step)
@@ -51,10 +64,13 @@ def _train(job: TrainingJob, model_name: str, placement: Placement) -> dict:
             if due(done, train.log_every, train.steps):
                 log_progress(s, done, bar)
             if due(done, train.eval_every, train.steps) and s.is_main:
-                evaluate(done)
+                timed(s, "time/eval_s", done, evaluate, done)
             if due(done, train.ckpt_every, train.steps):
-                save_checkpoint(s, done, loss)
+                timed(s, "time/checkpoint_s", done, save_checkpoint, s, done, loss)
         status = "FINISHED"
+    except KeyboardInterrupt:        # Ctrl-C: the MLflow run ends KILLED, the user reads where
+        status = "KILLED"
+        raise TrainingInterrupted(interruption(s, completed)) from None
     finally:
         bar.close()
         s.hashes.close()

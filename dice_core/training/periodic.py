@@ -2,6 +2,8 @@
 (finished, failed, or stopped by a divergence)."""
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dice_core.data.encoders import decoder_for
@@ -33,6 +35,15 @@ def log_progress(s: Session, done: int, bar) -> None:
         bar.set_postfix(loss=f"{metrics.get('train/loss', float('nan')):.4f}",
                         img_s=f"{metrics['train/images_per_s']:.1f}")
     s.window = LossWindow()
+
+
+def timed(s: Session, metric: str, done: int, job: Callable, *args) -> None:
+    """Runs ``job(*args)`` (an evaluation, a checkpoint) outside the throughput's window, and
+    logs its wall time as ``metric``."""
+    started = time.perf_counter()
+    job(*args)
+    s.tracker.log_metrics({metric: time.perf_counter() - started}, step=done)
+    s.window.exclude(time.perf_counter() - started)
 
 
 class Evaluation:
@@ -74,7 +85,8 @@ class Evaluation:
         grid = image_grid(sample_images(
             s.ema.module, self.grid_decoder, count=GRID_SAMPLES, num_classes=s.num_classes,
             seed=s.seed, latent_shape=tuple(s.manifest["latent_shape"]),
-            sampler=self.config.sampler, steps=self.config.steps))
+            sampler=self.config.sampler, steps=self.config.steps,
+            cfg_scale=self.config.cfg_scales[0], guidance_channels=self.config.guidance_channels))
         s.tracker.log_image(grid, f"samples/step-{step:07d}.png")
 
 
@@ -87,8 +99,8 @@ def save_checkpoint(s: Session, done: int, loss: float | None) -> None:
     if s.emissions:
         s.emissions.checkpoint()
     if s.placement.on_checkpoint:
-        s.placement.on_checkpoint(path, {"step": done, **({"loss": loss} if loss is not None
-                                                       else {})})
+        s.placement.on_checkpoint(path, {"step": done, "healthy": int(healthy),
+                                         **({"loss": loss} if loss is not None else {})})
 
 
 def divergence(s: Session, step: int) -> NonFiniteLoss:
@@ -111,6 +123,17 @@ def divergence(s: Session, step: int) -> NonFiniteLoss:
         f"{s.store.folder / 'diverged'}. To resume with a lower learning rate, set train.lr "
         "(or train.per_model.<model>.lr) and add lr to train.resume_changes in params.yaml, "
         "then run dvc repro train again; or check the data, or use another precision.")
+
+
+def interruption(s: Session, completed: int) -> str:
+    """Where an interrupted run stopped and how it goes on."""
+    latest = s.store.latest()
+    if latest is None:
+        return (f"{s.model_name}: interrupted at step {completed}, before its first "
+                "checkpoint; the same command starts it afresh")
+    return (f"{s.model_name}: interrupted at step {completed}; the last checkpoint is "
+            f"{s.store.folder / latest['tag']} (step {latest['step']}), from which the same "
+            "command (or dvc repro) resumes it")
 
 
 def finish(s: Session, status: str, completed: int) -> dict:

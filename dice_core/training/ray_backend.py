@@ -1,20 +1,22 @@
 """The training loop on Ray Train: ``train.workers`` workers, DeepSpeed over the process group
 that TorchTrainer sets up, every checkpoint also reported to Ray's storage
-(``<train.output>/ray/<model>``), from which a re-run resumes when the run folder has lost it."""
+(``<train.output>/ray/<model>``), from which a re-run resumes when the run folder has lost it.
+Ray keeps the newest ``train.keep_checkpoints`` healthy checkpoints there, and the latest."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from dice_core.config import TrainingJob
 from dice_core.devices import reuse_freed_cpu_memory
-from dice_core.durable import write_json_atomic
+from dice_core.errors import InputError
 
-from .checkpoint import LATEST, STATE_FILE, CheckpointStore, barrier
+from .checkpoint import CheckpointStore, barrier
 from .loop import train_model
 from .session import Placement
 
@@ -39,8 +41,7 @@ def train_with_ray(job: TrainingJob, model_name: str, parent_run_id: str | None)
                 num_workers=train.workers, use_gpu=wants_gpus(train.device)),
             run_config=ray.train.RunConfig(
                 name=model_name, storage_path=str(output / "ray"),
-                checkpoint_config=ray.train.CheckpointConfig(
-                    num_to_keep=train.keep_checkpoints)))
+                checkpoint_config=checkpoint_config(train.keep_checkpoints)))
         try:
             trainer.fit()
         except ray.train.TrainingFailedError as error:
@@ -68,13 +69,50 @@ def ray_connection(address: str | None, workers: int):
         ray.init(include_dashboard=False, num_cpus=max(workers, os.cpu_count() or 1),
                  _temp_dir=temp_dir)
     else:
-        ray.init(address=address)
+        connect(address)
     try:
         yield
     finally:
         ray.shutdown()
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def connect(address: str) -> None:
+    """``ray.init(address)``, refused at once where no cluster answers (at a host:port where
+    nothing listens, Ray itself tries again for good)."""
+    import ray
+
+    if address != "auto":
+        try:
+            socket.create_connection(host_and_port(address), timeout=10).close()
+        except (OSError, ValueError) as error:
+            raise no_cluster(address, error) from None
+    try:
+        ray.init(address=address)
+    except ConnectionError as error:       # "auto" where no cluster runs
+        raise no_cluster(address, error) from None
+
+
+def no_cluster(address: str, error: Exception) -> InputError:
+    return InputError(f"no Ray cluster answers at {address} ({error}): start one there (ray "
+                      "start --head), correct train.ray_address (--ray-address), or leave it "
+                      "null for a local cluster")
+
+
+def host_and_port(address: str) -> tuple[str, int]:
+    """("host", port) of "host:port" or "ray://host:port"."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def checkpoint_config(keep: int):
+    """Ray prunes the checkpoints that score lowest, the older first among equal scores, and
+    never the latest: scored by health, the newest healthy ones stay, to roll back to."""
+    import ray.train
+
+    return ray.train.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute="healthy",
+                                      checkpoint_score_order="max")
 
 
 def wants_gpus(device: str) -> bool:
@@ -110,7 +148,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     run_dir = Path(job.train.output) / model_name
     if rank == 0:
-        restore_checkpoint(ray.train.get_checkpoint(), run_dir)
+        restore_checkpoint(ray.train.get_checkpoint(), run_dir,
+                           newest_healthy(ray.train.get_all_reported_checkpoints()))
     barrier()
 
     def report(path: Path, metrics: dict) -> None:
@@ -121,17 +160,31 @@ def train_loop_per_worker(config: dict) -> None:
                                         config["parent_run_id"], on_checkpoint=report))
 
 
-def restore_checkpoint(checkpoint, run_dir: Path) -> None:
-    """Copies Ray's latest checkpoint into a run folder that has none, where the loop resumes
-    from it."""
+def newest_healthy(reported: list):
+    """The newest of Ray's reported checkpoints that was healthy when written, or None."""
+    healthy = [r for r in reported if r.metrics.get("healthy")]
+    return max(healthy, key=lambda r: r.metrics["step"]).checkpoint if healthy else None
+
+
+def restore_checkpoint(checkpoint, run_dir: Path, healthy=None) -> None:
+    """Copies Ray's latest checkpoint, and ``healthy`` (its newest healthy one) as well, into a
+    run folder that has none, where the loop resumes from it and can roll back to the healthy
+    one."""
     store = CheckpointStore(run_dir)
     if checkpoint is None or store.latest() is not None:
         return
     tag = Path(checkpoint.path).name
-    partial = store.folder / f"{tag}.partial"
+    if healthy is not None and Path(healthy.path).name != tag:
+        copy_in(healthy, store.folder)
+    copy_in(checkpoint, store.folder)
+    store.adopt(tag)
+
+
+def copy_in(checkpoint, folder: Path) -> None:
+    """Ray's ``checkpoint`` as ``folder/<its name>``, replaced whole."""
+    tag = Path(checkpoint.path).name
+    partial = folder / f"{tag}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     checkpoint.to_directory(str(partial))
-    step = json.loads((partial / STATE_FILE).read_text())["step"]
-    shutil.rmtree(store.folder / tag, ignore_errors=True)
-    os.replace(partial, store.folder / tag)
-    write_json_atomic(store.folder / LATEST, {"tag": tag, "step": step})
+    shutil.rmtree(folder / tag, ignore_errors=True)
+    os.replace(partial, folder / tag)

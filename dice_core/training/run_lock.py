@@ -7,8 +7,6 @@ folder is on storage every worker sees).
 """
 from __future__ import annotations
 
-from dice_core.errors import InputError
-
 import fcntl
 import os
 from pathlib import Path

@@ -42,6 +42,9 @@ def train_models(job: TrainingJob, models: list[str]) -> list[dict]:
                 summaries.append(train_model(job, name, Placement(parent_run_id=parent.run_id)))
         parent.log_metrics(pipeline_totals(train), step=0)
         status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         parent.close(status)
     return summaries

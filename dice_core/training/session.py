@@ -16,9 +16,10 @@ from dice_core.diffusion import create_diffusion
 from dice_core.durable import write_json_atomic
 from dice_core.ema import create_ema
 from dice_core.models import build_model, compile_model, get_preset
+from dice_core.models.provenance import data_identity, start_from
 from dice_core.tracking import EmissionsMeter, RunTracker
 
-from .checkpoint import CheckpointStore
+from .checkpoint import CheckpointStore, warn_if_short_of_room
 from .engine import deepspeed_config, initialize_engine, model_dtype, resolve_precision
 from .health import DivergenceGuard, LossWindow
 from .layout import BatchLayout, batch_layout
@@ -98,6 +99,8 @@ def open_session(job: TrainingJob, model_name: str, placement: Placement) -> Ses
     model, ema, optimizer, engine, ds_config = build_engine(
         model_name, train, job.seed, manifest, layout, precision, device)
     signature = run_signature(model_name, model, job, precision, layout, placement, manifest)
+    if placement.rank == 0:
+        warn_if_short_of_room(run_dir, model, precision)
     store = CheckpointStore(run_dir, placement.rank, train.keep_checkpoints)
     state = resume(store, engine, ema, optimizer, signature, train)
     if placement.rank == 0:   # only now: a refused resume leaves the run folder's record as it was
@@ -134,6 +137,9 @@ def build_engine(model_name: str, train: TrainParams, seed: int, manifest: dict,
     torch.manual_seed(seed)  # the same initial weights for a given model, in every run
     model = build_model(model_name, in_channels=channels, input_size=size,
                         num_classes=manifest["num_classes"], **train.model_overrides)
+    model.trained_on = data_identity(manifest)    # recorded in every weights file it writes
+    if train.init_weights:
+        start_from(model, train.init_weights, manifest, train.data)
     model.set_activation_checkpointing(train.activation_checkpointing)
     ema = create_ema(model, train.ema_decay, train.ema_warmup)
     if train.compile:      # after the EMA's copy: the EMA is compiled for sampling, if at all
@@ -157,7 +163,8 @@ def run_signature(model_name: str, model, job: TrainingJob, precision: str, layo
             "micro_batch": layout.micro_batch, "world_size": placement.world_size,
             "seed": job.seed, "lr": train.lr, "weight_decay": train.weight_decay,
             "ema_decay": train.ema_decay, "ema_warmup": train.ema_warmup,
-            "loader_workers": train.loader_workers, "data": manifest["params_hash"]}
+            "loader_workers": train.loader_workers, "data": manifest["params_hash"],
+            "init_weights": train.init_weights}
 
 
 def resume(store: CheckpointStore, engine, ema, optimizer: FiniteAdamW, signature: dict,

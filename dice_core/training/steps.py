@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from dice_core.durable import write_text_atomic
+from dice_core.durable import append_whole, reporting_full_disk, write_text_atomic
 from dice_core.models import drop_labels
 from dice_core.seeding import DIFFUSION_INPUTS, seeded_generator
 
@@ -93,14 +93,16 @@ class InputHashLog:
             kept = [line for line in path.read_text().splitlines()
                     if line and int(line.split()[0]) < start_step]
         write_text_atomic(path, "".join(line + "\n" for line in kept))
-        self.handle = open(path, "a")
+        self.path = path
+        # unbuffered: a line that finds no room is taken back at once, nothing fails at close
+        self.handle = open(path, "ab", buffering=0)
 
     def write(self, step: int, index: int, digest: str) -> None:
-        self.handle.write(f"{step} {index} {digest}\n")
+        append_whole(self.handle, f"{step} {index} {digest}\n".encode(), self.path)
 
     def flush(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
+        with reporting_full_disk(self.path):
+            os.fsync(self.handle.fileno())
 
     def close(self) -> None:
         self.handle.close()
