@@ -1,16 +1,12 @@
 """The typed schema of params.yaml: a wrong key or value fails at once, naming its path."""
 from __future__ import annotations
 
-from dice_core.errors import InputError
-from dice_core.samplers import SAMPLERS
-
 import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
-                      model_validator)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dice_core.errors import InputError
 from dice_core.samplers import SAMPLERS
@@ -28,6 +24,18 @@ def _known_models(models: list[str]) -> list[str]:
 
 
 ModelNames = Annotated[list[str], AfterValidator(_known_models), Field(min_length=1)]
+
+
+def _distinct(scales: list[float]) -> list[float]:
+    if len(set(scales)) != len(scales):
+        raise ValueError(f"{scales} names a scale twice: list each once")
+    return scales
+
+
+# Classifier-free guidance scales, DiT's s (1 = none): the first is the headline, the others are
+# evaluated on the same samples' noise and reported with a suffix (fd_effnet_cfg3).
+CfgScales = Annotated[list[Annotated[float, Field(ge=0, allow_inf_nan=False)]],
+                      Field(min_length=1), AfterValidator(_distinct)]
 
 
 class Section(BaseModel):
@@ -110,6 +118,8 @@ class ModelSettings(Section):
     precision: Literal["auto", "fp16", "bf16", "fp32"] | None = None
     activation_checkpointing: bool | None = None
     model_overrides: dict[str, float | int] | None = None
+    # weights to start from (fine-tuning): a `dice import`ed or trained .safetensors file
+    init_weights: str | None = None
 
 
 class TrainParams(Section):
@@ -147,9 +157,10 @@ class TrainParams(Section):
     # one entry per model of `models`, {} for none: DVC tracks each entry on its own, so that
     # changing one model's settings retrains that model only
     per_model: dict[str, ModelSettings]
+    init_weights: str | None     # weights to start from (fine-tuning), usually set per model
 
     @model_validator(mode="after")
-    def _every_model_has_settings(self) -> "TrainParams":
+    def _every_model_has_settings(self) -> TrainParams:
         missing = [name for name in self.models if name not in self.per_model]
         if missing:
             entries = ", ".join(f"{name}: {{}}" for name in missing)
@@ -157,7 +168,7 @@ class TrainParams(Section):
                              f"{entries} under train.per_model (DVC tracks each model's entry)")
         return self
 
-    def for_model(self, name: str) -> "TrainParams":
+    def for_model(self, name: str) -> TrainParams:
         """These settings with ``per_model[name]`` laid over them."""
         return self.model_copy(update=self.per_model[name].model_dump(exclude_none=True))
 
@@ -167,15 +178,20 @@ class InTrainingEvaluation(Section):
     samples: int | None = Field(ge=2)
     sampler: Literal[SAMPLERS] | None
     steps: int | None = Field(ge=2)
+    cfg_scales: CfgScales | None
 
 
 class EvaluateParams(Section):
     """Sampling and ADM metrics (DESIGN.md §4): in training every train.eval_every steps, and
     standalone on any checkpoint. Only the Inception network's results are called FID/sFID/IS;
-    effnet is the offline EfficientNet-Lite0 feature space (fd_effnet, ...)."""
+    effnet is the offline EfficientNet-Lite0 feature space (fd_effnet, ...). Guidance:
+    ``cfg_scales`` (see CfgScales) on the first ``guidance_channels`` latent channels (None:
+    all; 3: DiT's released sampler)."""
     samples: int = Field(ge=2)
     sampler: Literal[SAMPLERS]
     steps: int = Field(ge=2)
+    cfg_scales: CfgScales
+    guidance_channels: int | None = Field(ge=1)
     batch_size: int = Field(ge=1)
     feature_network: Literal["inception", "effnet"]
     inception_weights: str | None
@@ -191,7 +207,7 @@ class EvaluateParams(Section):
     output: str
     in_training: InTrainingEvaluation
 
-    def for_training(self) -> "EvaluateParams":
+    def for_training(self) -> EvaluateParams:
         changes = {k: v for k, v in self.in_training.model_dump().items() if v is not None}
         return self.model_copy(update=changes)
 
@@ -257,10 +273,10 @@ class TrainingJob(Section):
     emissions: EmissionsParams
 
     @classmethod
-    def of(cls, params: Params) -> "TrainingJob":
+    def of(cls, params: Params) -> TrainingJob:
         return cls(**{name: getattr(params, name) for name in cls.model_fields})
 
-    def for_model(self, name: str) -> "TrainingJob":
+    def for_model(self, name: str) -> TrainingJob:
         """This job with ``train.per_model[name]`` applied to ``train``."""
         return self.model_copy(update={"train": self.train.for_model(name)})
 

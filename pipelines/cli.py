@@ -11,8 +11,8 @@ from dice_core.errors import DiceError
 from dice_core.models import get_preset, list_models
 
 from .settings import update_params
+from .stage_outcome import record_outcome
 from .stage_times import record_stage_time
-
 
 # a stage is the pipelines module of its name; its time goes into the report
 STAGES = [("static", "parameters, multiply-adds, samples/s"),
@@ -27,7 +27,9 @@ STAGES = [("static", "parameters, multiply-adds, samples/s"),
 # (pipelines module, command, summary)
 COMMANDS = [("flow", "flow", "every stage as a Prefect flow run, or its scheduled deployment"),
             ("tracking_delivery", "tracking",
-             "flush: send MLflow records journalled while it was down")]
+             "flush: send MLflow records journalled while it was down"),
+            ("sample", "sample", "images of chosen classes from a model: a grid and an ADM .npz"),
+            ("import_weights", "import", "DiT's released checkpoints as this project's weights")]
 
 
 def list_command(args: argparse.Namespace) -> None:
@@ -78,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         args.handler(args)
         if getattr(args, "timed", False):
             record_stage_time(args, time.perf_counter() - started)
+    except KeyboardInterrupt as interrupt:      # Ctrl-C: one line, and the shell's status
+        print(str(interrupt) or "interrupted", file=sys.stderr)
+        return 130
     except DiceError as error:     # the user can fix these; anything else is a bug
         print(f"error: {error}", file=sys.stderr)
+        record_outcome(2, str(error))
         return 2
     return 0
 

@@ -10,15 +10,12 @@ import json
 import sys
 from pathlib import Path
 
-from dice_core.data import read_latent_manifest
-from dice_core.devices import pick_device
-from dice_core.errors import InputError
 from dice_core.evaluation.evaluate import evaluate_model
-from dice_core.models.serialization import load_model
+from dice_core.models import get_preset
 from dice_core.samplers import SAMPLERS
-from dice_core.training import ema_weights_path
 
 from .stage_params import add_params_argument, stage_params
+from .weights import checked_weights, load_sampler
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,23 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    get_preset(args.model)      # an unknown name is refused naming the valid ones
     params, config = stage_params(
         args, "evaluate", ("samples", "sampler", "steps", "feature_network", "output"))
-    if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise InputError(f"--checkpoint {args.checkpoint}: no such file")
-    run_dir = Path(params.train.output) / args.model
-    weights = args.checkpoint or ema_weights_path(run_dir)
-    if weights is None or not Path(weights).is_file():
-        raise InputError(f"no EMA weights for {args.model} in {run_dir}: train it first (dice "
-                         f"train --model {args.model}) or pass --checkpoint FILE")
-    model = load_model(weights, pick_device(config.device)).eval()
+    weights, manifest = checked_weights(args.checkpoint, args.model, params)
+    model = load_sampler(weights, config.device)
     out_dir = Path(config.output) / args.model
-    manifest = read_latent_manifest(params.train.data)
-    trained_on = [model.in_channels, model.input_size, model.input_size]
-    if trained_on != list(manifest["latent_shape"]):
-        raise InputError(f"{weights} was trained on latents of shape {tuple(trained_on)}, but "
-                         f"{params.train.data} holds {tuple(manifest['latent_shape'])} "
-                         f"({manifest['encoder']}): retrain on these latents (dvc repro train)")
     metrics = evaluate_model(model, manifest, config, params.seed, out_dir, progress=True)
     print(json.dumps(metrics, indent=2))
     print(f"wrote samples.npz, grid.png and metrics.json to {out_dir}")
@@ -58,5 +44,5 @@ def run(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    from pipelines.cli import run_as_module   # only as a script: `dice` imports this module
+    from pipelines.cli import run_as_module  # only as a script: `dice` imports this module
     sys.exit(run_as_module("evaluate"))

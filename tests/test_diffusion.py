@@ -2,6 +2,7 @@
 the loss terms against closed forms, and the samplers against oracle models that know the
 data distribution exactly."""
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -10,11 +11,17 @@ from scipy import integrate
 from scipy.stats import norm
 from torch import nn
 
-from dice_core.diffusion import (create_diffusion,
-                                 discretized_gaussian_log_likelihood, make_scheduler,
-                                 multiscale_noise_target, normal_kl, sample_with_scheduler,
-                                 space_timesteps)
-from dice_core.samplers import SAMPLERS
+from dice_core.diffusion import (
+    create_diffusion,
+    discretized_gaussian_log_likelihood,
+    make_scheduler,
+    multiscale_noise_target,
+    normal_kl,
+    sample_with_scheduler,
+    space_timesteps,
+)
+from dice_core.diffusion.fast_samplers import SCHEDULERS
+from diffusion_oracles import ddim_sample, diffusers_ddpm
 
 SHAPE = (2, 4, 8, 8)
 ORIGINAL_ALPHAS_CUMPROD = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))
@@ -68,18 +75,25 @@ class RecordingModel(nn.Module):
 # -- schedule and respacing --------------------------------------------------------------------
 
 def iddpm_kept_steps(num_steps: int, section_counts: list[int]) -> list[int]:
-    """IDDPM's space_timesteps, written out from the published algorithm."""
-    size_per, extra = num_steps // len(section_counts), num_steps % len(section_counts)
-    start, kept = 0, []
-    for i, count in enumerate(section_counts):
-        size = size_per + (1 if i < extra else 0)
-        frac_stride = 1 if count <= 1 else (size - 1) / (count - 1)
-        position = 0.0
-        for _ in range(count):
-            kept.append(start + round(position))
-            position += frac_stride
-        start += size
-    return sorted(set(kept))
+    """IDDPM's rule, in this test's terms: the steps fall into as many equal sections as there
+    are counts (the remainder one extra step each to the first sections); a section of L steps
+    starting at s keeps ``count`` steps evenly strided from its first to its last, step
+    k at s + k (L - 1) / (count - 1) rounded (exactly, halves to even; see
+    test_an_exact_half_is_rounded_as_iddpms_float_stride_lands for where IDDPM differs)."""
+    sections = len(section_counts)
+    sizes = [num_steps // sections + (1 if i < num_steps % sections else 0)
+             for i in range(sections)]
+    starts = [sum(sizes[:i]) for i in range(sections)]
+    return [start + (0 if count == 1 else round(Fraction(k * (size - 1), count - 1)))
+            for start, size, count in zip(starts, sizes, section_counts)
+            for k in range(count)]
+
+
+def ddim_kept_steps(num_steps: int, count: int) -> list[int]:
+    """The "ddimN" rule: every stride-th step from 0, for the smallest integer stride that
+    gives exactly N steps (ceil(T / stride) == N)."""
+    stride = min(s for s in range(1, num_steps) if -(-num_steps // s) == count)
+    return list(range(0, num_steps, stride))
 
 
 def iddpm_respaced_betas(kept: list[int]) -> np.ndarray:
@@ -98,9 +112,46 @@ def test_linear_betas_are_ho_et_al_rescaled_by_step_count():
     assert create_diffusion().betas.dtype == np.float64
 
 
-@pytest.mark.parametrize("respacing, counts", [("250", [250]), (250, [250]), ("100", [100]),
+def test_the_oracle_gives_the_hand_counted_steps():
+    assert iddpm_kept_steps(10, [2, 3]) == [0, 4, 5, 7, 9]     # sections 0-4 and 5-9
+    assert iddpm_kept_steps(11, [2, 3]) == [0, 5, 6, 8, 10]    # the extra step goes first
+    assert iddpm_kept_steps(8, [3]) == [0, 4, 7]               # 3.5 rounds to 4
+    assert ddim_kept_steps(10, 3) == [0, 4, 8]                 # stride 3 would give 4 steps
+
+
+@pytest.mark.parametrize("num_steps, respacing, counts", [
+    (1000, "250", [250]), (1000, 250, [250]), (1000, "100", [100]), (1000, "5", [5]),
+    (1000, "10,15,20", [10, 15, 20]), (1000, "3,4,1,60", [3, 4, 1, 60]),
+    (4000, "250", [250]), (11, "2,3", [2, 3]), (10, [10], [10])])
+def test_space_timesteps_follows_iddpms_section_rule(num_steps, respacing, counts):
+    assert space_timesteps(num_steps, respacing) == iddpm_kept_steps(num_steps, counts)
+
+
+@pytest.mark.parametrize("count", [10, 30, 50, 100, 250, 334])
+def test_ddim_respacing_takes_the_smallest_integer_stride_giving_exactly_n_steps(count):
+    assert space_timesteps(1000, f"ddim{count}") == ddim_kept_steps(1000, count)
+
+
+@pytest.mark.parametrize("respacing", [
+    "ddim600",    # 1000 / 2 gives 500 steps, 1000 / 1 gives 1000: no stride gives 600
+    "600,600",    # a section of 500 steps cannot give 600
+    "0"])
+def test_respacing_that_the_rule_cannot_take_is_refused(respacing):
+    with pytest.raises(ValueError):
+        space_timesteps(1000, respacing)
+
+
+def test_an_exact_half_is_rounded_as_iddpms_float_stride_lands():
+    """21 of 1000: step 10 sits at 10 x 49.95 = 499.5. IDDPM adds the stride ten times in
+    floating point and lands just below the half, so it keeps 499 where exact rounding would
+    keep 500; where the sum is exact (3 of 1000: 499.5 once) the half goes to even, 500."""
+    assert space_timesteps(1000, "21")[10] == 499
+    assert space_timesteps(1000, "3") == [0, 500, 999]
+
+
+@pytest.mark.parametrize("respacing, counts", [("250", [250]), ("100", [100]),
                                                ("10,15,20", [10, 15, 20])])
-def test_respacing_matches_iddpm(respacing, counts):
+def test_respaced_process_keeps_the_original_alpha_bar_at_the_kept_steps(respacing, counts):
     diffusion = create_diffusion(respacing)
     kept = iddpm_kept_steps(1000, counts)
     assert diffusion.timestep_map.tolist() == kept
@@ -315,10 +366,10 @@ def _samplers():
     ddpm, ddim = create_diffusion("10"), create_diffusion("ddim10")
     samplers = {
         "p_sample_loop": lambda m, g: ddpm.p_sample_loop(m, SHAPE, generator=g),
-        "ddim_sample_loop": lambda m, g: ddim.ddim_sample_loop(m, SHAPE, generator=g),
-        "ddim_eta1": lambda m, g: ddim.ddim_sample_loop(m, SHAPE, generator=g, eta=1.0),
+        "ddim_oracle": lambda m, g: ddim_sample(ddim, m, SHAPE, generator=g),
+        "ddim_oracle_eta1": lambda m, g: ddim_sample(ddim, m, SHAPE, generator=g, eta=1.0),
     }
-    for kind in SAMPLERS:
+    for kind in SCHEDULERS:
         samplers[f"diffusers-{kind}"] = (
             lambda m, g, kind=kind: sample_with_scheduler(m, ddpm, kind, 10, SHAPE, generator=g))
     return samplers
@@ -355,14 +406,12 @@ def test_sampling_model_sees_original_timesteps():
 
 def test_scheduler_timesteps_are_original_indices():
     betas = create_diffusion().original_betas
-    for kind in SAMPLERS:
+    for kind in SCHEDULERS:
         timesteps = make_scheduler(kind, betas, 25).timesteps
         assert timesteps.dtype == torch.int64 and len(timesteps) == 25
         assert timesteps.min() >= 0 and timesteps.max() <= 999
         assert (timesteps[1:] < timesteps[:-1]).all()
     assert make_scheduler("ddim", betas, 25).timesteps.tolist() == list(range(960, -1, -40))
-    assert (make_scheduler("ddpm", betas, 25).timesteps.tolist()
-            == create_diffusion("25").timestep_map[::-1].tolist())
     with pytest.raises(ValueError):
         make_scheduler("euler", betas, 25)
 
@@ -374,16 +423,23 @@ def test_p_sample_loop_on_gaussian_data_gives_unit_variance():
     assert sample.std().item() == pytest.approx(1.0, abs=0.05)
 
 
-@pytest.mark.parametrize("respacing, loop, kind", [("ddim10", "ddim_sample_loop", "ddim"),
-                                                   ("10", "p_sample_loop", "ddpm")])
-def test_own_samplers_equal_diffusers_on_the_same_steps(respacing, loop, kind):
+def test_diffusers_ddim_equals_the_ddim_oracle_on_the_same_steps():
     """Same steps, same generator, same draw order: the chains agree up to float32 rounding
     (diffusers keeps its schedule in float32)."""
-    diffusion = create_diffusion(respacing)
-    own = getattr(diffusion, loop)(gaussian_data_model, SHAPE,
+    diffusion = create_diffusion("ddim10")
+    oracle = ddim_sample(diffusion, gaussian_data_model, SHAPE,
+                         generator=torch.Generator().manual_seed(3))
+    theirs = sample_with_scheduler(gaussian_data_model, diffusion, "ddim", 10, SHAPE,
                                    generator=torch.Generator().manual_seed(3))
-    theirs = sample_with_scheduler(gaussian_data_model, diffusion, kind, 10, SHAPE,
-                                   generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(oracle, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_p_sample_loop_equals_diffusers_ddpm_on_the_same_steps():
+    diffusion = create_diffusion("10")
+    own = diffusion.p_sample_loop(gaussian_data_model, SHAPE,
+                                  generator=torch.Generator().manual_seed(3))
+    theirs = diffusers_ddpm(gaussian_data_model, diffusion.original_betas, 10, SHAPE,
+                            generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(own, theirs, atol=1e-4, rtol=1e-4)
 
 
@@ -391,7 +447,7 @@ def test_deterministic_samplers_recover_a_point_mass():
     x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     oracle = point_mass_model(x0)
-    own_ddim = create_diffusion("ddim25").ddim_sample_loop(oracle, SHAPE, noise=noise)
+    own_ddim = ddim_sample(create_diffusion("ddim25"), oracle, SHAPE, noise=noise)
     torch.testing.assert_close(own_ddim, x0, atol=1e-9, rtol=0)
     # Ancestral sampling too ends exactly at x0: its last step returns the x0 prediction.
     own_ddpm = create_diffusion("25").p_sample_loop(oracle, SHAPE, noise=noise)

@@ -67,9 +67,6 @@ def test_samples_have_the_right_shape_no_nan_and_look_like_the_data(trained, sam
         if kind == "ddpm":
             samples = create_diffusion(steps).p_sample_loop(
                 ema_model, shape, model_kwargs={"y": y}, generator=generator)
-        elif kind == "ddim":
-            samples = create_diffusion(f"ddim{steps}").ddim_sample_loop(
-                ema_model, shape, model_kwargs={"y": y}, generator=generator)
         else:
             samples = sample_with_scheduler(ema_model, create_diffusion(), kind, int(steps),
                                             shape, model_kwargs={"y": y}, generator=generator)

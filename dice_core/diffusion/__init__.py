@@ -3,8 +3,13 @@ from __future__ import annotations
 
 from .fast_samplers import make_scheduler, sample_with_scheduler
 from .gaussian_diffusion import GaussianDiffusion, standard_normal
-from .losses import (discretized_gaussian_log_likelihood, mean_flat, multiscale_noise_target,
-                     normal_kl)
+from .guidance import guided
+from .losses import (
+    discretized_gaussian_log_likelihood,
+    mean_flat,
+    multiscale_noise_target,
+    normal_kl,
+)
 from .schedule import named_betas, respace_betas, space_timesteps
 
 
@@ -24,7 +29,7 @@ def create_diffusion(timestep_respacing: str | int | None = None, diffusion_step
 
 __all__ = [
     "GaussianDiffusion", "create_diffusion",
-    "discretized_gaussian_log_likelihood", "make_scheduler", "mean_flat",
+    "discretized_gaussian_log_likelihood", "guided", "make_scheduler", "mean_flat",
     "multiscale_noise_target", "named_betas", "normal_kl", "respace_betas",
     "sample_with_scheduler", "space_timesteps", "standard_normal",
 ]

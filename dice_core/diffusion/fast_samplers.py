@@ -10,11 +10,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from dice_core.samplers import SAMPLERS
+from .gaussian_diffusion import GaussianDiffusion, Generators, check_model_output, initial_noise
 
-from .gaussian_diffusion import GaussianDiffusion, check_model_output, initial_noise
-from .schedule import space_timesteps
-
+# the samplers of dice_core.samplers.SAMPLERS that diffusers runs; "ddpm" is
+# GaussianDiffusion.p_sample_loop
+SCHEDULERS = ("ddim", "dpm-solver")
 
 
 def make_scheduler(kind: str, betas: np.ndarray, num_steps: int):
@@ -25,11 +25,9 @@ def make_scheduler(kind: str, betas: np.ndarray, num_steps: int):
       match diffusers' fixed previous-step rule for every N; IDDPM's "ddimN" when N divides T).
     - "dpm-solver": DPM-Solver++ (2nd-order multistep) on the eps channels, "linspace"
       spacing from T-1, last step to sigma = 0.
-    - "ddpm": ancestral sampling with the learned-range variance over IDDPM's respaced steps,
-      the same chain as ``create_diffusion(str(N)).p_sample_loop``.
     """
     # diffusers takes over a second to import: only the code that samples pays for it.
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     betas = np.asarray(betas, dtype=np.float64)
     common = dict(num_train_timesteps=len(betas), trained_betas=betas,
@@ -43,12 +41,8 @@ def make_scheduler(kind: str, betas: np.ndarray, num_steps: int):
                                                 solver_order=2, final_sigmas_type="zero",
                                                 timestep_spacing="linspace")
         scheduler.set_timesteps(num_steps)
-    elif kind == "ddpm":
-        scheduler = DDPMScheduler(**common, variance_type="learned_range", clip_sample=False)
-        kept = space_timesteps(len(betas), num_steps)
-        scheduler.set_timesteps(timesteps=kept[::-1])
     else:
-        raise ValueError(f"unknown sampler {kind!r}; choose one of {SAMPLERS}")
+        raise ValueError(f"unknown scheduler {kind!r}; choose one of {SCHEDULERS}")
     return scheduler
 
 
@@ -56,9 +50,10 @@ def make_scheduler(kind: str, betas: np.ndarray, num_steps: int):
 def sample_with_scheduler(model, diffusion: GaussianDiffusion | np.ndarray, kind: str,
                           num_steps: int, shape: Sequence[int],
                           noise: torch.Tensor | None = None, model_kwargs: dict | None = None,
-                          generator: torch.Generator | None = None,
+                          generator: Generators = None,
                           progress: bool = False) -> torch.Tensor:
-    """Samples x_0 with a diffusers scheduler (see ``make_scheduler``).
+    """Samples x_0 with a diffusers scheduler (see ``make_scheduler``). ``generator`` may be
+    one per sample (see ``standard_normal``; diffusers takes such a list too).
 
     ``diffusion`` is the training process (its ``original_betas`` are used, so a respaced
     process works too) or the original betas themselves.
@@ -67,8 +62,6 @@ def sample_with_scheduler(model, diffusion: GaussianDiffusion | np.ndarray, kind
     shape = tuple(shape)
     x = initial_noise(shape, noise, generator, model)
     scheduler = make_scheduler(kind, betas, num_steps)
-    # DPM-Solver's learned-variance handling assumes 3 channels, so it gets eps alone.
-    keep_variance = kind == "ddpm"
     timesteps = scheduler.timesteps
     if progress:
         from tqdm.auto import tqdm
@@ -77,7 +70,8 @@ def sample_with_scheduler(model, diffusion: GaussianDiffusion | np.ndarray, kind
         t = int(t)
         t_batch = torch.full((shape[0],), t, dtype=torch.long, device=x.device)
         output = check_model_output(model(x, t_batch, **(model_kwargs or {})), x)
-        if not keep_variance:
-            output = output[:, :shape[1]]
+        # the schedulers take eps alone (DPM-Solver's learned-variance handling assumes 3
+        # channels)
+        output = output[:, :shape[1]]
         x = scheduler.step(output, t, x, generator=generator).prev_sample
     return x

@@ -13,21 +13,35 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .losses import (discretized_gaussian_log_likelihood, mean_flat, multiscale_noise_target,
-                     normal_kl)
+from .losses import (
+    discretized_gaussian_log_likelihood,
+    mean_flat,
+    multiscale_noise_target,
+    normal_kl,
+)
+
+# One generator for the whole batch, one per sample (a list, diffusers' convention: then each
+# sample's draws depend on its own generator alone, whatever batch it is in), or None (global).
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-def standard_normal(shape: Sequence[int], generator: torch.Generator | None,
+def standard_normal(shape: Sequence[int], generator: Generators,
                     device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """N(0, I) noise drawn from ``generator`` (global RNG when None) on the generator's own
-    device, then moved, so a CPU generator gives the same numbers whatever the data device."""
+    device, then moved, so a CPU generator gives the same numbers whatever the data device.
+    A list of generators draws sample i of the batch from generator i."""
+    if isinstance(generator, Sequence):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([standard_normal(shape[1:], one, one.device, dtype)
+                            for one in generator]).to(device)
     draw_device = generator.device if generator is not None else device
     return torch.randn(tuple(shape), generator=generator, device=draw_device,
                        dtype=dtype).to(device)
 
 
 def initial_noise(shape: Sequence[int], noise: torch.Tensor | None,
-                  generator: torch.Generator | None, model) -> torch.Tensor:
+                  generator: Generators, model) -> torch.Tensor:
     """x_T for a sampling loop: ``noise`` when given (checked against ``shape``), else a draw."""
     shape = tuple(shape)
     if noise is None:
@@ -128,11 +142,6 @@ class GaussianDiffusion:
         return (self._at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
                 - self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
 
-    def predict_eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor,
-                            x0: torch.Tensor) -> torch.Tensor:
-        return ((self._at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0)
-                / self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t))
-
     # -- the reverse process ---------------------------------------------------------------
 
     def p_mean_variance(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
@@ -208,9 +217,10 @@ class GaussianDiffusion:
     @torch.no_grad()
     def p_sample_loop(self, model, shape: Sequence[int], noise: torch.Tensor | None = None,
                       model_kwargs: dict | None = None, progress: bool = False,
-                      generator: torch.Generator | None = None,
+                      generator: Generators = None,
                       clip_denoised: bool = False) -> torch.Tensor:
-        """Ancestral sampling through every step of this process (DiT: no clipping)."""
+        """Ancestral sampling through every step of this process (DiT: no clipping).
+        ``generator`` may be one per sample (see ``standard_normal``)."""
         def step(x, t, i, output):
             mean, log_variance, _ = self.p_mean_variance(output, x, t, clip_denoised)
             if i == 0:
@@ -221,28 +231,6 @@ class GaussianDiffusion:
         return self._sample_loop(step, model, shape, noise, model_kwargs, progress, generator)
 
     @torch.no_grad()
-    def ddim_sample_loop(self, model, shape: Sequence[int], noise: torch.Tensor | None = None,
-                         model_kwargs: dict | None = None, progress: bool = False,
-                         generator: torch.Generator | None = None, eta: float = 0.0,
-                         clip_denoised: bool = False) -> torch.Tensor:
-        """DDIM (Song et al., eq. 12) through every step of this process; deterministic at
-        ``eta=0``, so respace the process to take fewer steps."""
-        def step(x, t, i, output):
-            _, _, pred_x0 = self.p_mean_variance(output, x, t, clip_denoised)
-            # Re-derived so that a clipped x_0 and the direction agree.
-            eps = self.predict_eps_from_x0(x, t, pred_x0)
-            alpha_bar = self._at(self.alphas_cumprod, t, x)
-            alpha_bar_prev = self._at(self.alphas_cumprod_prev, t, x)
-            sigma = (eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
-                     * torch.sqrt(1 - alpha_bar / alpha_bar_prev))
-            x_prev = (torch.sqrt(alpha_bar_prev) * pred_x0
-                      + torch.sqrt(1 - alpha_bar_prev - sigma ** 2) * eps)
-            if i == 0 or eta == 0:
-                return x_prev
-            return x_prev + sigma * standard_normal(x.shape, generator, x.device, x.dtype)
-
-        return self._sample_loop(step, model, shape, noise, model_kwargs, progress, generator)
-
     def _sample_loop(self, step: Callable, model, shape, noise, model_kwargs, progress,
                      generator) -> torch.Tensor:
         shape = tuple(shape)

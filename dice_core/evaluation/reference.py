@@ -9,8 +9,13 @@ from dice_core.config import EvaluateParams
 from dice_core.data import prepared_images, read_manifest
 from dice_core.devices import pick_device
 from dice_core.errors import InputError
-from dice_core.metrics import (extract_features, load_effnet_lite0, load_fid_inception,
-                               load_reference, save_reference)
+from dice_core.metrics import (
+    extract_features,
+    load_effnet_lite0,
+    load_fid_inception,
+    load_reference,
+    save_reference,
+)
 from dice_core.metrics.reference import ADM_ORIGIN, adm_batch_images
 
 

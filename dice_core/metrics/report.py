@@ -35,6 +35,18 @@ def metric_names(network_name: str) -> dict[str, str]:
             "recall": f"recall_{network_name}"}
 
 
+def cfg_suffix(scale: float, headline: float) -> str:
+    """What a metric's name carries at classifier-free guidance scale ``scale``: nothing at
+    the evaluation's headline scale (its first), else ``_cfg<scale>`` (``fd_effnet_cfg3``,
+    ``class_accuracy_cfg1.5``)."""
+    return "" if scale == headline else f"_cfg{scale_label(scale)}"
+
+
+def scale_label(scale: float) -> str:
+    """A guidance scale as names and tables write it: 3.0 -> "3", 1.5 -> "1.5"."""
+    return str(float(scale)).removesuffix(".0")
+
+
 def conventions(network_name: str, fd_square_root: str | None = None,
                 pr_distances: str | None = None) -> dict[str, str]:
     """The square-root route and precision/recall distances: the ones given, else the

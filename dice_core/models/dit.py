@@ -4,8 +4,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import (AttentionCore, DiffusionBackbone, LabelEmbedder, TimestepEmbedder,
-                     modulate, require_divisible, zero_)
+from .layers import (
+    AttentionCore,
+    DiffusionBackbone,
+    LabelEmbedder,
+    TimestepEmbedder,
+    modulate,
+    require_divisible,
+    zero_,
+)
 from .registry import register_preset
 
 

@@ -1,4 +1,5 @@
-"""A model's weights and the preset that built it, in one safetensors file."""
+"""A model's weights, the preset that built it and the data it was trained on, in one
+safetensors file."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,8 @@ from .registry import build_model
 
 
 def save_model(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write the weights with the preset name and its resolved config as metadata.
+    """Write the weights with the preset name, its resolved config and, when the model has
+    one, its ``trained_on`` (the data's identity: see provenance.py) as metadata.
 
     The file appears under its final name only once complete (written aside, then renamed).
     """
@@ -29,10 +31,12 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> None:
     tensors = {name: tensor.detach().contiguous().cpu()
                for name, tensor in model.state_dict().items()}
     metadata = {"preset": preset, "config": json.dumps(model.preset_config, sort_keys=True)}
+    if getattr(model, "trained_on", None) is not None:
+        metadata["data"] = json.dumps(model.trained_on, sort_keys=True)
     replace_file(path, lambda partial: save_file(tensors, str(partial), metadata=metadata))
 
 
-def read_metadata(path: str | os.PathLike) -> tuple[str, dict]:
+def _file_metadata(path: str | os.PathLike) -> dict[str, str]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -41,17 +45,33 @@ def read_metadata(path: str | os.PathLike) -> tuple[str, dict]:
                          "or something else; train again or pass another file") from None
     if "preset" not in metadata or "config" not in metadata:
         raise InputError(f"{path} was not written by save_model: it names no preset/config")
+    return metadata
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[str, dict]:
+    metadata = _file_metadata(path)
     return metadata["preset"], json.loads(metadata["config"])
+
+
+def read_trained_on(path: str | os.PathLike) -> dict | None:
+    """The identity of the data the weights were trained on; None in files written before
+    it was recorded."""
+    data = _file_metadata(path).get("data")
+    return None if data is None else json.loads(data)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the preset recorded in the file and load its weights."""
     preset, config = read_metadata(path)
     model = build_model(preset, **config)
+    model.load_state_dict(read_weights(path))
+    model.trained_on = read_trained_on(path)
+    return model.to(device)
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
-        weights = load_file(str(path), device="cpu")
+        return load_file(str(path), device="cpu")
     except SafetensorError as error:
         raise InputError(f"{path} is damaged ({error}): train again or pass another file"
                          ) from None
-    model.load_state_dict(weights)
-    return model.to(device)

@@ -14,6 +14,11 @@ class ModelResults:
     emissions: dict = field(default_factory=dict)
     static: dict = field(default_factory=dict)                      # filled by the report
 
+    def final_scales(self) -> list[float]:
+        """The guidance scales of the final evaluation, its headline first (evaluations from
+        before guidance existed were unguided)."""
+        return self.final.get("cfg_scales", [self.final.get("cfg_scale", 1.0)])
+
 
 def eval_history(run_dir: Path) -> list[tuple[int, dict]]:
     history = []

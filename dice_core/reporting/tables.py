@@ -1,7 +1,7 @@
 """Tables 1 and 2 of the paper as markdown, and emissions, from collected results."""
 from __future__ import annotations
 
-from dice_core.metrics import metric_names
+from dice_core.metrics import cfg_suffix, metric_names, scale_label
 
 from .collect import ModelResults
 
@@ -25,11 +25,18 @@ def scaled(value: float) -> str:
 
 
 def table1(results: list[ModelResults], network: str) -> str:
-    """IS, FD, sFD, precision, recall at the final evaluation (names as the network allows)."""
+    """IS, FD, sFD, precision, recall and class accuracy at the final evaluation (names as the
+    network allows), one row per classifier-free guidance scale (cfg: DiT's s, 1 = none)."""
     names = metric_names(network)
-    keys = [names["is"], names["fd"], names["sfd"], names["precision"], names["recall"]]
-    rows = [[r.model, *(number(r.final.get(key)) for key in keys)] for r in results]
-    return markdown(["model", *keys], rows)
+    keys = [names["is"], names["fd"], names["sfd"], names["precision"], names["recall"],
+            "class_accuracy"]
+    rows = []
+    for r in results:
+        headline, *_ = scales = r.final_scales()
+        rows += [[r.model, scale_label(scale),
+                  *(number(r.final.get(key + cfg_suffix(scale, headline))) for key in keys)]
+                 for scale in scales]
+    return markdown(["model", "cfg", *keys], rows)
 
 
 def table2(results: list[ModelResults]) -> str:

@@ -1,0 +1,43 @@
+"""The weights a command samples from: ``--checkpoint FILE``, or the EMA weights of the latest
+checkpoint of the model's run; refused unless they are the preset's and fit the training data
+(train.data), before anything is loaded."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from dice_core.config import Params
+from dice_core.data import read_latent_manifest
+from dice_core.devices import pick_device
+from dice_core.errors import InputError
+from dice_core.models.provenance import check_fits
+from dice_core.models.serialization import load_model
+from dice_core.training import ema_weights_path
+
+
+def weights_path(checkpoint: str | None, model_name: str, runs: str) -> Path:
+    if checkpoint:
+        if not Path(checkpoint).is_file():
+            raise InputError(f"--checkpoint {checkpoint}: no such file")
+        return Path(checkpoint)
+    run_dir = Path(runs) / model_name
+    weights = ema_weights_path(run_dir)
+    if weights is None or not weights.is_file():
+        raise InputError(f"no EMA weights for {model_name} in {run_dir}: train it first (dice "
+                         f"train --model {model_name}) or pass --checkpoint FILE")
+    return weights
+
+
+def checked_weights(checkpoint: str | None, model_name: str,
+                    params: Params) -> tuple[Path, dict]:
+    """(the weights file, the manifest of the latents of train.data, which they fit)."""
+    manifest = read_latent_manifest(params.train.data)
+    weights = weights_path(checkpoint, model_name, params.train.output)
+    check_fits(weights, model_name, manifest, params.train.data)
+    return weights, manifest
+
+
+def load_sampler(weights: Path, device: str) -> nn.Module:
+    """The model of ``weights`` in eval mode on ``device``."""
+    return load_model(weights, pick_device(device)).eval()
