@@ -35,6 +35,7 @@ $(STAMP): pyproject.toml requirements.lock constraints.txt
 	touch $@
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 # The whole experiment: prepare, autoencoder, encode, reference, classifier, train@*,

@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dice_core.benchmarking import (device_name, make_train_step, time_side_by_side,
-                                    write_record)
+from dice_core.benchmarking import device_name, make_train_step, time_side_by_side, write_record
 from dice_core.data.encode import encode_views
 from dice_core.data.encoders import PixelEncoder, VAEEncoder
 from dice_core.data.loader import make_loader

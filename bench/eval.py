@@ -28,13 +28,24 @@ import numpy as np
 import torch
 
 from dice_core.analysis.static import preset_macs
-from dice_core.benchmarking import (device_name, first_call_seconds, ratios_to_dit,
-                                     time_side_by_side, variants, write_record)
+from dice_core.benchmarking import (
+    device_name,
+    first_call_seconds,
+    ratios_to_dit,
+    time_side_by_side,
+    variants,
+    write_record,
+)
 from dice_core.data.encoders import PixelEncoder
 from dice_core.devices import reuse_freed_cpu_memory
 from dice_core.evaluation.sampling import sample_images
-from dice_core.metrics import (FeatureNetworkError, FIDInceptionV3, extract_features,
-                               load_effnet_lite0, load_fid_inception)
+from dice_core.metrics import (
+    FeatureNetworkError,
+    FIDInceptionV3,
+    extract_features,
+    load_effnet_lite0,
+    load_fid_inception,
+)
 from dice_core.text_table import format_table, optional_cell
 
 RESULTS = Path(__file__).resolve().parent / "results"

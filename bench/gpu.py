@@ -35,8 +35,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a plain script, no install
 
 from dice_core.analysis.static import preset_macs, sampling_throughput  # noqa: E402
-from dice_core.benchmarking import (device_name, engine_step, synchronize,  # noqa: E402
-                                     time_side_by_side, write_record)
+from dice_core.benchmarking import (  # noqa: E402
+    device_name,
+    engine_step,
+    synchronize,
+    time_side_by_side,
+    write_record,
+)
 from dice_core.models import build_model, compile_model  # noqa: E402
 from dice_core.text_table import format_table, optional_cell  # noqa: E402
 

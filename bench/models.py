@@ -21,9 +21,16 @@ from pathlib import Path
 import torch
 
 from dice_core.analysis.static import preset_macs
-from dice_core.benchmarking import (device_name, first_call_seconds, make_train_step,
-                                     ratios_to_dit, synchronize, time_side_by_side, variants,
-                                     write_record)
+from dice_core.benchmarking import (
+    device_name,
+    first_call_seconds,
+    make_train_step,
+    ratios_to_dit,
+    synchronize,
+    time_side_by_side,
+    variants,
+    write_record,
+)
 from dice_core.devices import reuse_freed_cpu_memory
 from dice_core.text_table import format_table, optional_cell
 

@@ -28,9 +28,17 @@ import psutil
 import torch
 
 from dice_core.analysis.static import preset_macs
-from dice_core.benchmarking import (Variant, device_name, engine_step, first_call_seconds,
-                                     ratios_to_dit, synchronize, time_side_by_side, variants,
-                                     write_record)
+from dice_core.benchmarking import (
+    Variant,
+    device_name,
+    engine_step,
+    first_call_seconds,
+    ratios_to_dit,
+    synchronize,
+    time_side_by_side,
+    variants,
+    write_record,
+)
 from dice_core.devices import reuse_freed_cpu_memory
 from dice_core.models import build_model
 from dice_core.text_table import format_table, optional_cell
@@ -122,10 +130,10 @@ def measure(runs: list[Variant], device: torch.device, micro_batch: int, precisi
     macs = {v.preset: preset_macs(v.preset).total for v in runs}
     rows = []
     for variant, (time_ratio, per_mac_ratio) in ratios_to_dit(seconds, macs).items():
-        row = {"model": variant.preset, "kernels": variant.kernels_label, "compiled": variant.compiled,
-               "device": str(device), "precision": precision, "global_batch": GLOBAL_BATCH,
-               "micro_batch": micro_batch, "activation_checkpointing": checkpointing,
-               "step_seconds": seconds[variant],
+        row = {"model": variant.preset, "kernels": variant.kernels_label,
+               "compiled": variant.compiled, "device": str(device), "precision": precision,
+               "global_batch": GLOBAL_BATCH, "micro_batch": micro_batch,
+               "activation_checkpointing": checkpointing, "step_seconds": seconds[variant],
                "images_per_s": GLOBAL_BATCH / seconds[variant],
                "macs_per_image": macs[variant.preset], "time_ratio_to_dit": time_ratio,
                "per_mac_ratio_to_dit": per_mac_ratio}

@@ -7,7 +7,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -94,7 +94,7 @@ def write_record(results_dir: Path, name: str, title: str, device: torch.device,
     results_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or f"{name}-{'gpu' if device.type == 'cuda' else 'cpu'}"
     record = {"benchmark": title, "device": device_name(device), "torch": torch.__version__,
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows,
+              "date": datetime.now(UTC).isoformat(timespec="seconds"), "rows": rows,
               **(extras or {})}
     json_path = results_dir / f"{stem}.json"
     write_text_atomic(json_path, json.dumps(record, indent=2) + "\n")

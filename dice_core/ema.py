@@ -6,7 +6,6 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 
-
 def warmed_up_decay(decay: float, num_averaged: int) -> float:
     """min(decay, (1 + n) / (10 + n)): an EMA whose horizon grows with the run, so that a short
     run does not keep most of its zero-output initial weights (0.9999^300 = 97%)."""

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 # Purposes: one stream each, so that adding a draw to one never shifts another.
-SHARD_ORDER, SAMPLE_ORDER, LATENT_NOISE, DIFFUSION_INPUTS, EVAL_SAMPLES, AUTOENCODER = 1, 2, 3, 4, 5, 6
+(SHARD_ORDER, SAMPLE_ORDER, LATENT_NOISE, DIFFUSION_INPUTS, EVAL_SAMPLES,
+ AUTOENCODER) = 1, 2, 3, 4, 5, 6
 
 
 def seeded_generator(*keys: int) -> torch.Generator:

@@ -7,8 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from prefect.artifacts import (create_link_artifact, create_markdown_artifact,
-                               create_table_artifact)
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from dice_core.config import Params, load_params
 from dice_core.durable import read_json

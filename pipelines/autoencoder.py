@@ -57,5 +57,5 @@ def adopt_pretrained(source: str, output: str) -> dict:
 
 
 if __name__ == "__main__":
-    from pipelines.cli import run_as_module   # only as a script: `dice` imports this module
+    from pipelines.cli import run_as_module  # only as a script: `dice` imports this module
     sys.exit(run_as_module("autoencoder"))

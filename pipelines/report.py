@@ -21,23 +21,27 @@ from dice_core.data import prepared_images, read_latent_manifest
 from dice_core.data.autoencoder import read_metadata
 from dice_core.data.encoders import decoder_for
 from dice_core.durable import write_text_atomic
-from dice_core.evaluation.classifier import (holdout_split, load_classifier,
-                                             reconstruction_accuracy)
+from dice_core.evaluation.classifier import holdout_split, load_classifier, reconstruction_accuracy
 from dice_core.evaluation.reference import reference_identity
 from dice_core.metrics import load_reference, metric_names
-from dice_core.models import get_preset
 from dice_core.reporting.collect import collect
 from dice_core.reporting.figures import bubbles, curve
-from dice_core.reporting.intervals import sample_intervals
-from dice_core.reporting.sections import (autoencoder_section, protocol_notes,
-                                          ranking_section, read_stage_times,
-                                          stage_times_section)
+from dice_core.reporting.intervals import percentile_interval, sample_draws
+from dice_core.reporting.paired import difference, paper_claims
+from dice_core.reporting.sections import (
+    autoencoder_section,
+    claims_section,
+    protocol_notes,
+    ranking_section,
+    read_stage_times,
+    stage_times_section,
+)
 from dice_core.reporting.tables import emissions_table, table1, table2
 from dice_core.tracking import open_pipeline_run, total_emissions
 
 from .settings import layered_params, validate
-from .stage_times import STAGE_TIMES
 from .stage_params import add_params_argument, stage_params
+from .stage_times import STAGE_TIMES
 
 PAPER_PROFILE = "imagenet"
 RANKED = {"fd": "FD", "is": "IS", "precision": "precision", "recall": "recall",
@@ -57,9 +61,12 @@ def paper_params(params_file: str) -> Params:
 def report_markdown(network: str, config, sections: dict, results, figures) -> str:
     return (
         f"# DICE vs baselines ({network} features)\n\n"
-        f"## Table 1: sample quality at the final evaluation\n\n{sections['table1']}\n\n"
+        "## Table 1: sample quality at the final evaluation\n\n"
+        "cfg: the classifier-free guidance scale (DiT's s; 1 = none); each model's first row "
+        f"is its headline, which the ranking uses.\n\n{sections['table1']}\n\n"
         f"## Table 2: cost (samples/s at {config.ddpm_steps} DDPM steps, batch 1, "
         f"{config.device})\n\n{sections['table2']}\n\n"
+        f"## The paper's claims, paired (final evaluation)\n\n{sections['claims']}\n\n"
         f"## Ranking with 95% intervals (final evaluation)\n\n{sections['ranking']}\n\n"
         f"## Where this run departs from the paper's protocol\n\n{sections['protocol']}\n\n"
         f"## Autoencoder\n\n{sections['autoencoder']}\n\n"
@@ -101,8 +108,11 @@ def run(args: argparse.Namespace) -> dict:
         r.static = analyze(r.model, overrides, config.device, torch.float32, 1,
                            config.ddpm_steps, config.timed_steps).as_dict()
     totals = total_emissions([r.emissions for r in results])
-    intervals = final_intervals(params, manifest, results, config.bootstrap)
-    dice_models = [m for m in params.train.models if get_preset(m).family == "dice"]
+    points, draws = final_draws(params, manifest, results, config.bootstrap)
+    intervals = {model: {metric: percentile_interval(points[model][metric], values)
+                         for metric, values in per_metric.items()}
+                 for model, per_metric in draws.items()}
+    claims = paper_claims([r.model for r in results])
     autoencoder = autoencoder_check(params, manifest)
     times = read_stage_times(STAGE_TIMES)
 
@@ -110,8 +120,9 @@ def run(args: argparse.Namespace) -> dict:
                curve(results, names["is"], names["is"], out / "fig12_is_vs_step.png"),
                bubbles(results, names["fd"], out / "fig13_throughput_vs_fd.png")]
     sections = {"table1": table1(results, network), "table2": table2(results),
-                "ranking": ranking_section(intervals, RANKED,
-                                           dice_models[0] if dice_models else None),
+                "claims": claims_section(claims, paired_differences(claims, points, draws),
+                                         RANKED),
+                "ranking": ranking_section(intervals, RANKED),
                 "protocol": protocol_notes(params.train, params.evaluate,
                                            paper_params(args.params), manifest),
                 "autoencoder": autoencoder_section(*autoencoder),
@@ -134,26 +145,41 @@ def run(args: argparse.Namespace) -> dict:
     return {"results": [r.model for r in results], "output": str(out)}
 
 
-def final_intervals(params: Params, manifest: dict, results, resamples: int) -> dict:
-    """Per model, the 95% intervals of its final evaluation's metrics (see intervals.py)."""
+def final_draws(params: Params, manifest: dict, results, resamples: int) -> tuple[dict, dict]:
+    """Per model, the point values of its final evaluation's metrics and their resampled
+    draws (see intervals.sample_draws: the draws of models with as many samples are
+    paired)."""
     network = params.evaluate.feature_network
     names = metric_names(network)
     reference, _ = load_reference(params.evaluate.reference,
                                   reference_identity(manifest, network))
-    intervals = {}
+    points, draws = {}, {}
     for r in results:
         features = Path(params.evaluate.output) / r.model / "features.npz"
         if not features.is_file():
             continue
         with np.load(features) as data:
             per_sample = {key: data[key] for key in data.files}
-        point = {key: r.final[names.get(key, key)] for key in RANKED
-                 if names.get(key, key) in r.final}
+        points[r.model] = {key: r.final[names.get(key, key)] for key in RANKED
+                           if names.get(key, key) in r.final}
         # evaluations from before the distances were recorded took float32
-        intervals[r.model] = sample_intervals(
-            per_sample, *reference.pool_statistics(), reference.pool, point, resamples,
-            params.seed, pr_distances=r.final.get("pr_distances", "float32"))
-    return intervals
+        draws[r.model] = sample_draws(
+            per_sample, *reference.pool_statistics(), reference.pool, points[r.model],
+            resamples, params.seed, pr_distances=r.final.get("pr_distances", "float32"))
+    return points, draws
+
+
+def paired_differences(claims, points: dict, draws: dict) -> dict:
+    """{(claim, metric): Difference} for one training seed: the paired bootstrap."""
+    found = {}
+    for claim in claims:
+        if claim.claimed not in draws or claim.baseline not in draws:
+            continue
+        for metric in draws[claim.claimed].keys() & draws[claim.baseline].keys():
+            found[claim.text, metric] = difference(
+                [(points[claim.claimed][metric], points[claim.baseline][metric])],
+                (draws[claim.claimed][metric], draws[claim.baseline][metric]))
+    return found
 
 
 def autoencoder_check(params: Params, manifest: dict):
@@ -190,5 +216,5 @@ def autoencoder_metrics(meta, reconstruction, real) -> dict:
 
 
 if __name__ == "__main__":
-    from pipelines.cli import run_as_module   # only as a script: `dice` imports this module
+    from pipelines.cli import run_as_module  # only as a script: `dice` imports this module
     sys.exit(run_as_module("report"))

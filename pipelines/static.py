@@ -67,5 +67,5 @@ def run(args: argparse.Namespace) -> list[StaticReport]:
 
 
 if __name__ == "__main__":
-    from pipelines.cli import run_as_module   # only as a script: `dice` imports this module
+    from pipelines.cli import run_as_module  # only as a script: `dice` imports this module
     sys.exit(run_as_module("static"))

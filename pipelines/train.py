@@ -54,5 +54,5 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from pipelines.cli import run_as_module   # only as a script: `dice` imports this module
+    from pipelines.cli import run_as_module  # only as a script: `dice` imports this module
     sys.exit(run_as_module("train"))

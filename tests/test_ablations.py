@@ -2,10 +2,10 @@
 away from dice-t: they build, start at zero, train every parameter and save like any preset."""
 import pytest
 import torch
-from helpers import model_inputs, train_then_gradients
 
 from dice_core.models import build_model
 from dice_core.models.serialization import load_model, save_model
+from helpers import model_inputs, train_then_gradients
 
 ABLATIONS = ["dice-t-onehand", "dice-t-residual"]
 EMBEDDED = {"input_size": 8, "in_channels": 4, "num_classes": 10}

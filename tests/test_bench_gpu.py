@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from dice_core.models.registry import resolved_config
 from dice_core.training.engine import child_process_env
+from helpers import dit_size
 
 PROJECT = Path(__file__).resolve().parents[1]
 # what the GPU machine lacks, and the benchmark must not need
@@ -39,12 +41,20 @@ def test_the_gpu_benchmark_dry_run_runs_every_path_without_the_pipeline_stack(tm
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "gpu.json").read_text())
-    assert [row["model"] for row in record["rows"]] == ["dice-t", "dit-t", "dimr-t"]
-    for row in record["rows"]:
+    rows, peak = record["rows"], record["matmul_peak_tflops"]
+    assert [row["model"] for row in rows] == ["dice-t", "dit-t", "dimr-t"]
+    # the dry run's shape: 4x8x8 latents, 10 classes
+    assert rows[1]["forward_macs_per_image"] == dit_size(**{
+        **resolved_config("dit-t"), "in_channels": 4, "input_size": 8, "num_classes": 10})[1]
+    report = (tmp_path / "gpu.md").read_text()
+    for row in rows:
         assert row["train_images_per_s"] > 0 and row["samples_per_s_b2"] > 0
-        assert 0 < row["mfu"] and row["compiled"] == "skipped: compile budget spent"
-    assert record["matmul_peak_tflops"] > 0 and record["vae_encode_images_per_s"] > 0
-    assert "dice-t" in (tmp_path / "gpu.md").read_text()
+        assert row["compiled"] == "skipped: compile budget spent"
+        # forward and backward: 3 x 2 FLOPs per multiply-add, against the measured peak
+        mfu = 6 * row["forward_macs_per_image"] * row["train_images_per_s"] / (peak * 1e12)
+        assert row["mfu"] == pytest.approx(mfu, rel=1e-12)
+        assert f"{mfu:.1%}" in report
+    assert peak > 0 and record["vae_encode_images_per_s"] > 0
 
 
 def test_the_gpu_benchmark_refuses_to_run_without_a_gpu_unless_dry(capsys):

@@ -7,11 +7,19 @@ import pytest
 import torch
 from PIL import Image
 
-from dice_core.data import (DataError, ImageNetFolder, PixelEncoder, Shapes, VAEEncoder,
-                            encode_dataset, prepare_dataset, read_manifest, read_shard)
+from dice_core.data import (
+    DataError,
+    ImageNetFolder,
+    PixelEncoder,
+    Shapes,
+    VAEEncoder,
+    encode_dataset,
+    prepare_dataset,
+    read_manifest,
+    read_shard,
+)
 from dice_core.data.encode import encode_views
 from dice_core.data.shards import SHARD_NAME, ShardSetBuilder
-
 from helpers import save_tiny_vae
 
 WNIDS = ["n01440764", "n01443537", "n02102040"]

@@ -28,9 +28,19 @@ for _ in range(5):
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
-def test_auto_is_the_cpu_without_a_gpu_and_a_name_is_taken_as_given():
-    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+@pytest.mark.parametrize("gpu, expected", [(True, torch.device("cuda")),
+                                           (False, torch.device("cpu"))])
+def test_auto_is_the_gpu_when_there_is_one_else_the_cpu(monkeypatch, gpu, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    assert pick_device("auto") == expected
+
+
+@pytest.mark.parametrize("gpu", [True, False])
+def test_a_named_device_is_taken_as_given_with_or_without_a_gpu(monkeypatch, gpu):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+    assert pick_device("meta") == torch.device("meta")
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")

@@ -14,8 +14,13 @@ from dice_core.data.encoders import decoder_for
 from dice_core.evaluation.evaluate import evaluate_model
 from dice_core.evaluation.reference import build_reference
 from dice_core.evaluation.sampling import sample_images
-from dice_core.metrics import (FID_WEIGHTS_FILE, ReferenceMismatchError,
-                               frechet_distance_to_features, load_reference, precision_recall)
+from dice_core.metrics import (
+    FID_WEIGHTS_FILE,
+    ReferenceMismatchError,
+    frechet_distance_to_features,
+    load_reference,
+    precision_recall,
+)
 from dice_core.models import build_model
 from dice_core.models.serialization import load_model, save_model
 from dice_core.training import ema_weights_path, train_model
@@ -269,8 +274,8 @@ def test_the_report_has_both_tables_the_figures_and_reaches_the_parent_run(
 def test_the_classifier_learns_the_real_classes_and_scores_the_samples(tmp_path, data,
                                                                        reference,
                                                                        mlflow_server):
-    from dice_core.evaluation.classifier import class_accuracy, load_classifier
-    from dice_core.data import prepared_images
+    from dice_core.data import Shapes
+    from dice_core.evaluation.classifier import class_accuracy, load_classifier, predict
     raw = eval_params(tmp_path, data, mlflow_server.uri)
     raw["evaluate"]["classifier"] = raw["classifier"]["output"]
     params_file = tmp_path / "params.yaml"
@@ -285,11 +290,19 @@ def test_the_classifier_learns_the_real_classes_and_scores_the_samples(tmp_path,
     meta = json.loads((tmp_path / "classifier.json").read_text())
     assert meta["heldout_accuracy"] >= 0.8 and meta["num_classes"] == 3
     classifier, _ = load_classifier(tmp_path / "classifier.safetensors", "cpu")
-    images, labels = prepared_images(data / "prepared", "train")   # images it never saw
+    # items 120 to 179 of the same generator: it was trained on items 0 to 119
+    unseen = list(Shapes(num_classes=3, image_size=16, count_per_class={"train": 60},
+                         seed=0).items("train"))[120:]
+    images = np.stack([item.payload for item in unseen])
+    labels = np.array([item.label for item in unseen])
     assert class_accuracy(classifier, images, labels) >= 0.8
 
     train_model(TrainingJob.of(Params.model_validate(raw)), "dit-t")
     assert dice_main(["evaluate", "--params", str(params_file), "--model", "dit-t"]) == 0
-    metrics = json.loads((tmp_path / "eval" / "dit-t" / "metrics.json").read_text())
-    assert 0.0 <= metrics["class_accuracy"] <= 1.0
+    folder = tmp_path / "eval" / "dit-t"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    with np.load(folder / "samples.npz") as samples, np.load(folder / "features.npz") as scored:
+        predicted = predict(classifier, samples["arr_0"])
+        np.testing.assert_array_equal(scored["predicted"], predicted)
+        assert metrics["class_accuracy"] == np.mean(predicted == samples["arr_1"])
     assert metrics["classifier_real_accuracy"] == meta["heldout_accuracy"]

@@ -5,10 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from dice_core.data import (DataError, LatentShards, Shapes, VAEEncoder, encode_dataset,
-                            make_loader, prepare_dataset, read_manifest, read_shard,
-                            seal_manifest)
-
+from dice_core.data import (
+    DataError,
+    LatentShards,
+    Shapes,
+    VAEEncoder,
+    encode_dataset,
+    make_loader,
+    prepare_dataset,
+    read_manifest,
+    read_shard,
+    seal_manifest,
+)
 from helpers import save_tiny_vae
 
 

@@ -12,8 +12,10 @@ from dice_core.reporting.paired import (
     claim_verdict,
     difference,
     paired_bootstrap_interval,
+    paper_claims,
     seed_interval,
 )
+from dice_core.reporting.sections import claims_section
 
 STUDIES = 100
 SEED_SD = 1.0     # between-seed standard deviation of one model's metric
@@ -105,3 +107,29 @@ def test_difference_takes_seeds_when_there_are_several_and_the_bootstrap_for_one
     ("is", 1.0, 3.0, HOLDS), ("is", -3.0, -1.0, REVERSED), ("recall", -0.1, 0.1, UNRESOLVED)])
 def test_verdict_reads_the_sign_the_metric_calls_better(metric, low, high, expected):
     assert claim_verdict(Interval((low + high) / 2, low, high), metric) == expected
+
+
+def test_the_claims_a_model_list_can_test():
+    claims = paper_claims(["dit-t", "dice-t-onehand", "dice-t", "dimr-t", "dice-t-residual"])
+    assert [(c.text, c.claimed, c.baseline) for c in claims] == [
+        ("DICE beats DiT", "dice-t", "dit-t"), ("DICE beats DiMR", "dice-t", "dimr-t"),
+        ("two hands beat one", "dice-t", "dice-t-onehand"),
+        ("the denoising cascade beats the residual one", "dice-t", "dice-t-residual")]
+    assert paper_claims(["dit-t", "dimr-t"]) == []
+    assert [c.text for c in paper_claims(["dice-t", "dimr-t"])] == ["DICE beats DiMR"]
+
+
+def test_the_claims_section_gives_difference_seeds_interval_verdict_and_chance():
+    claims = paper_claims(["dice-t", "dit-t"])
+    differences = {("DICE beats DiT", "fd"): difference([(100.0, 110.0), (104.0, 111.0)]),
+                   ("DICE beats DiT", "recall"): difference([(0.1, 0.1), (0.2, 0.1)])}
+    text = claims_section(claims, differences, {"fd": "FD", "recall": "recall"})
+    fd_row, recall_row = text.splitlines()[2:4]
+    interval = seed_interval([-10.0, -7.0])
+    assert fd_row == (f"| DICE beats DiT | dice-t - dit-t | FD | -8.50 | -10.00, -7.00 | "
+                      f"[{interval.low:+.2f}, {interval.high:+.2f}] | "
+                      f"{claim_verdict(interval, 'fd')} |")
+    assert recall_row.endswith("| +0.050 | +0.000, +0.100 | [-0.585, +0.685] | "
+                               "cannot be told apart |")
+    assert "t interval over 2 training seeds" in text
+    assert "2 comparisons at 95% give about 0.1 verdicts" in text

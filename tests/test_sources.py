@@ -7,9 +7,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dice_core.data import (DataError, FashionMNIST, ImageNetFolder, Shapes, SourceItem,
-                            center_crop_resize, decode_image, open_source, try_decode)
-from dice_core.data import fashion_mnist
+from dice_core.data import (
+    DataError,
+    FashionMNIST,
+    ImageNetFolder,
+    Shapes,
+    SourceItem,
+    center_crop_resize,
+    decode_image,
+    fashion_mnist,
+    open_source,
+    try_decode,
+)
 
 WNIDS = ["n01440764", "n01443537", "n02102040"]  # sorted: their class indices are 0, 1, 2
 
@@ -172,7 +181,7 @@ def test_fashion_mnist_download_checks_md5(tmp_path):
 def test_fashion_mnist_download_failure_names_the_three_ways(tmp_path):
     source = FashionMNIST(tmp_path / "dl", download_url=(tmp_path / "nowhere").as_uri())
     with pytest.raises(DataError) as error:
-        source.folder
+        _ = source.folder
     message = str(error.value)
     assert "dataset-fashion-mnist" in message and "prepare.root" in message
     assert "network" in message

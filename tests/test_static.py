@@ -5,13 +5,19 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
+from torch import nn
 
-from dice_core.analysis.static import analyze, count_macs, sampling_throughput
+from dice_core.analysis import static
+from dice_core.analysis.static import MacCount, analyze, count_macs, sampling_throughput
 from dice_core.models import build_model
+from dice_core.models.layers import AttentionCore
+from dice_core.models.registry import resolved_config
+from helpers import dit_size
 from pipelines.cli import main as dice_main
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -46,11 +52,51 @@ def test_attention_is_counted_on_a_cpu_model_as_on_the_meta_device():
     assert on_cpu == count_macs(shapes_only) and on_cpu.attention == 52_428_800
 
 
-def test_sampling_throughput_is_measured_and_labelled():
-    throughput = sampling_throughput(build_model("dice-t"), "cpu", torch.float32,
-                                     batch_size=2, ddpm_steps=250, timed_steps=2)
-    assert throughput.samples_per_s > 0
-    assert (throughput.ddpm_steps, throughput.timed_steps, throughput.batch_size) == (250, 2, 2)
+class TinyNet(nn.Module):
+    """A 3x3 conv from 4 to 6 channels on an 8x8 map, attention over its 64 pixels (q, k, v of
+    2 channels each), a linear from 2 to 3: multiply-adds 64 x 6 x 4 x 9 = 13,824, then
+    2 x 64^2 x 2 = 16,384 in attention, then 64 x 2 x 3 = 384."""
+    in_channels, input_size, num_classes = 4, 8, 10
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 6, 3, padding=1)
+        self.core = AttentionCore(2, 1)
+        self.linear = nn.Linear(2, 3)
+
+    def forward(self, x, t, y):
+        return self.linear(self.core(self.conv(x).flatten(2).transpose(1, 2)))
+
+
+def test_multiply_adds_of_a_small_known_network_and_its_attention_share():
+    assert count_macs(TinyNet()) == MacCount(total=13_824 + 16_384 + 384, attention=16_384)
+    assert count_macs(TinyNet(), batch_size=3).total == 3 * (13_824 + 16_384 + 384)
+
+
+class ClockedModel(nn.Module):
+    """Predicts zero noise; each call takes exactly half a second of ``clock``."""
+    in_channels, input_size, num_classes = 4, 8, 10
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def forward(self, x, t, y):
+        self.clock.seconds += 0.5
+        return torch.zeros(x.shape[0], 2 * self.in_channels, *x.shape[2:])
+
+
+def test_sampling_throughput_scales_the_timed_steps_to_the_ddpm_steps(monkeypatch):
+    clock = SimpleNamespace(seconds=0.0)
+    monkeypatch.setattr(static, "time", SimpleNamespace(perf_counter=lambda: clock.seconds))
+    # 4 timed steps take 2 s, so 250 steps take 125 s: 2 samples in 125 s
+    throughput = sampling_throughput(ClockedModel(clock), "cpu", torch.float32, batch_size=2,
+                                     ddpm_steps=250, timed_steps=4)
+    assert throughput.samples_per_s == pytest.approx(2 / 125)
+    assert (throughput.ddpm_steps, throughput.timed_steps, throughput.batch_size) == (250, 4, 2)
+    every_step = sampling_throughput(ClockedModel(clock), "cpu", torch.float32, batch_size=3,
+                                     ddpm_steps=10)
+    assert every_step.samples_per_s == pytest.approx(3 / 5) and every_step.timed_steps == 10
 
 
 def test_dice_static_command_writes_json(tmp_path, capsys):
@@ -61,7 +107,13 @@ def test_dice_static_command_writes_json(tmp_path, capsys):
     reports = json.loads(output.read_text())
     assert [r["model"] for r in reports] == ["dice-t", "dit-t", "dimr-t"]
     assert all(r["throughput"]["samples_per_s"] > 0 for r in reports)
-    assert "dimr-t" in capsys.readouterr().out
+    dit = reports[1]
+    params, macs, attention = dit_size(**resolved_config("dit-t"))
+    assert (dit["trainable_params"], dit["macs"], dit["attention_macs"]) == (params, macs,
+                                                                              attention)
+    assert dit["flops"] == 2 * macs and dit["macs_without_attention"] == macs - attention
+    table = capsys.readouterr().out.splitlines()
+    assert ["dit-t", f"{params:,}"] in [line.split()[:2] for line in table]
 
 
 def test_dice_static_rejects_an_unknown_model(capsys):
@@ -70,13 +122,14 @@ def test_dice_static_rejects_an_unknown_model(capsys):
 
 
 def test_console_script_and_module_run_the_same_code(tmp_path):
-    for command in ([str(BIN / "dice")], [sys.executable, "-m", "pipelines.static"]):
-        output = tmp_path / "out.json"
-        args = ["static"] if command[0].endswith("dice") else []
-        subprocess.run(command + args + ["--models", "dit-t", "--no-throughput",
-                                         "--json", str(output)],
+    written = []
+    for command in ([str(BIN / "dice"), "static"], [sys.executable, "-m", "pipelines.static"]):
+        output = tmp_path / f"{len(written)}.json"
+        subprocess.run(command + ["--models", "dit-t", "--no-throughput", "--json", str(output)],
                        check=True, cwd=PROJECT, capture_output=True)
-        assert json.loads(output.read_text())[0]["model"] == "dit-t"
+        written.append(json.loads(output.read_text()))
+    assert written[0] == written[1]
+    assert written[0][0]["trainable_params"] == dit_size(**resolved_config("dit-t"))[0]
 
 
 @pytest.mark.slow

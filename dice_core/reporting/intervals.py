@@ -19,10 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import softmax
 
-from dice_core.metrics.adm import (frechet_distance_in_sample_space,
-                                   frechet_distance_to_features,
-                                   inception_score_from_probabilities, kth_neighbour_radii,
-                                   precision_recall)
+from dice_core.metrics.adm import (
+    frechet_distance_in_sample_space,
+    frechet_distance_to_features,
+    inception_score_from_probabilities,
+    kth_neighbour_radii,
+    precision_recall,
+)
 
 SUBSET_FRACTION = 0.8
 K_NEIGHBOURS = 3        # precision/recall's k: a subset needs more samples than that
@@ -35,8 +38,6 @@ class Interval:
     low: float
     high: float
 
-    def overlaps(self, other: "Interval") -> bool:
-        return self.low <= other.high and other.low <= self.high
 
 
 def percentile_interval(value: float, draws: list[float]) -> Interval:
@@ -54,35 +55,45 @@ def sample_intervals(per_sample: dict, reference_mu: np.ndarray, reference_sigma
                      reference_pool: np.ndarray | None, point: dict, resamples: int,
                      seed: int, subsets: int = 20,
                      pr_distances: str = "float32") -> dict[str, Interval]:
-    """Intervals for the metrics of one model's final evaluation.
+    """Intervals for the metrics of one model's final evaluation (see ``sample_draws``)."""
+    draws = sample_draws(per_sample, reference_mu, reference_sigma, reference_pool, point,
+                         resamples, seed, subsets, pr_distances)
+    return {metric: percentile_interval(point[metric], values)
+            for metric, values in draws.items()}
+
+
+def sample_draws(per_sample: dict, reference_mu: np.ndarray, reference_sigma: np.ndarray,
+                 reference_pool: np.ndarray | None, point: dict, resamples: int,
+                 seed: int, subsets: int = 20,
+                 pr_distances: str = "float32") -> dict[str, list[float]]:
+    """Each metric recomputed on resampled evaluations of one model.
 
     ``per_sample`` holds ``pool``, ``logits`` and, when a classifier scored them, ``predicted``
     and ``labels`` (the evaluation's features.npz); ``point`` maps each metric key ("fd",
     "is", "precision", "recall", "class_accuracy") to the value the evaluation reported;
-    ``pr_distances`` is the distances the evaluation's precision/recall took.
+    ``pr_distances`` is the distances the evaluation's precision/recall took. The resampled
+    indices depend only on ``seed`` and the number of samples, so two models' draws of the
+    same sample count are paired: draw i of both takes the same samples (whose labels and
+    starting noise the models share).
     """
     rng = np.random.default_rng([seed, 11])
     pool, count = per_sample["pool"], len(per_sample["pool"])
-    draws = [rng.integers(0, count, count) for _ in range(resamples)]
-    intervals = {"fd": percentile_interval(point["fd"], resampled_fds(
-        reference_mu, reference_sigma, pool, draws))}
+    indices = [rng.integers(0, count, count) for _ in range(resamples)]
+    draws = {"fd": resampled_fds(reference_mu, reference_sigma, pool, indices)}
     if "logits" in per_sample and "is" in point:
         probabilities = softmax(np.asarray(per_sample["logits"], dtype=np.float64), axis=1)
-        intervals["is"] = percentile_interval(point["is"], [
-            inception_score_from_probabilities(probabilities[d]) for d in draws])
+        draws["is"] = [inception_score_from_probabilities(probabilities[d]) for d in indices]
     if "predicted" in per_sample and "class_accuracy" in point:
         correct = per_sample["predicted"] == per_sample["labels"]
-        intervals["class_accuracy"] = percentile_interval(point["class_accuracy"], [
-            float(correct[d].mean()) for d in draws])
+        draws["class_accuracy"] = [float(correct[d].mean()) for d in indices]
     size = int(round(SUBSET_FRACTION * count))
     if reference_pool is not None and "precision" in point and size > K_NEIGHBOURS:
         radii = kth_neighbour_radii(reference_pool, distances=pr_distances)
         pairs = [precision_recall(reference_pool, pool[rng.choice(count, size, replace=False)],
                                   real_radii=radii, distances=pr_distances)
                  for _ in range(subsets)]
-        intervals["precision"] = percentile_interval(point["precision"], [p for p, _ in pairs])
-        intervals["recall"] = percentile_interval(point["recall"], [r for _, r in pairs])
-    return intervals
+        draws["precision"], draws["recall"] = [p for p, _ in pairs], [r for _, r in pairs]
+    return draws
 
 
 def resampled_fds(mu: np.ndarray, sigma: np.ndarray, pool: np.ndarray,
@@ -119,18 +130,3 @@ def rank(intervals: dict[str, Interval], metric: str) -> list[str]:
     """Model names, best first, on ``metric``'s point value."""
     reverse = metric not in LOWER_IS_BETTER
     return sorted(intervals, key=lambda model: intervals[model].value, reverse=reverse)
-
-
-def verdict(intervals: dict[str, Interval], metric: str, claimed_best: str) -> str:
-    """'holds', 'does not hold' or 'cannot be told apart' for ``claimed_best`` being better
-    than every other model on ``metric``: a difference counts only where the intervals do not
-    overlap."""
-    best = intervals[claimed_best]
-    others = [intervals[m] for m in intervals if m != claimed_best]
-    better = (lambda a, b: a.high < b.low) if metric in LOWER_IS_BETTER \
-        else (lambda a, b: a.low > b.high)
-    if all(better(best, other) for other in others):
-        return "holds"
-    if any(better(other, best) for other in others):
-        return "does not hold"
-    return "cannot be told apart"

@@ -18,9 +18,38 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from dice_core.models import get_preset
+
 from .intervals import LOWER_IS_BETTER, Interval, percentile_interval
 
 HOLDS, REVERSED, UNRESOLVED = "holds", "reversed", "cannot be told apart"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The paper says ``claimed`` is better than ``baseline``."""
+    text: str
+    claimed: str
+    baseline: str
+
+
+def paper_claims(models: Sequence[str]) -> list[Claim]:
+    """The claims ``models`` can test: the first DICE model with both of the paper's ideas
+    against the first DiT, the first DiMR and the first ablation of each idea."""
+    def first(test) -> str | None:
+        return next((m for m in models if test(get_preset(m))), None)
+    dice = first(lambda p: p.family == "dice" and not ablation(p))
+    candidates = [("DICE beats DiT", first(lambda p: p.family == "dit")),
+                  ("DICE beats DiMR", first(lambda p: p.family == "dimr")),
+                  ("two hands beat one", first(lambda p: p.config.get("hands") == 1)),
+                  ("the denoising cascade beats the residual one",
+                   first(lambda p: p.config.get("cascade") == "residual"))]
+    return [Claim(text, dice, baseline) for text, baseline in candidates
+            if dice is not None and baseline is not None]
+
+
+def ablation(preset) -> bool:
+    return preset.config.get("hands") == 1 or preset.config.get("cascade") == "residual"
 
 
 @dataclass(frozen=True)

@@ -7,39 +7,62 @@ import json
 from pathlib import Path
 
 from dice_core.config import EvaluateParams, Params, TrainParams
+from dice_core.metrics import scale_label
 
-from .intervals import Interval, rank, verdict
+from .intervals import Interval, rank
+from .paired import Claim, Difference, chance_verdicts, claim_verdict
 from .tables import markdown, number
+
 
 def interval_text(interval: Interval, digits: int) -> str:
     return (f"{interval.value:.{digits}f} "
             f"[{interval.low:.{digits}f}, {interval.high:.{digits}f}]")
 
 
-def ranking_section(intervals: dict[str, dict[str, Interval]], labels: dict[str, str],
-                    claimed_best: str | None) -> str:
-    """One row per metric: the models best first with 95% intervals, and the verdict on
-    ``claimed_best`` (the DICE model) being ahead of the others."""
-    if claimed_best is None or len(intervals) < 2:
-        return "A ranking needs a DICE model and at least one baseline in train.models."
-    rows, sentences = [], []
+def ranking_section(intervals: dict[str, dict[str, Interval]], labels: dict[str, str]) -> str:
+    """One row per metric: the models best first, each with its own 95% interval. The
+    paper's claims are answered by the paired differences (``claims_section``), not here:
+    marginal intervals ignore that the models share their samples' labels and noise."""
+    if len(intervals) < 2:
+        return "A ranking needs at least two evaluated models in train.models."
+    rows = []
     for metric, label in labels.items():
         per_model = {m: iv[metric] for m, iv in intervals.items() if metric in iv}
         if len(per_model) < 2:
             continue
         digits = 2 if metric in ("fd", "is") else 3
-        order = " > ".join(f"{m} {interval_text(per_model[m], digits)}"
-                           for m in rank(per_model, metric))
-        answer = verdict(per_model, metric, claimed_best) if claimed_best in per_model else "-"
-        rows.append([label, order, answer])
-        sentences.append(f"{label}: {answer}")
-    table = markdown(["metric (better first)", "ranking, value [95% interval]",
-                      f"{claimed_best} ahead of the others?"], rows)
-    summary = (f"**Does the paper's ranking (DICE ahead of DiT and DiMR) hold here?** "
-               f"{'; '.join(sentences)}. A difference counts only where the 95% intervals do "
-               "not overlap. One training seed was run, so the intervals cover the sampling "
-               "of the evaluation only, not training noise.")
-    return f"{table}\n\n{summary}"
+        rows.append([label, " > ".join(f"{m} {interval_text(per_model[m], digits)}"
+                                       for m in rank(per_model, metric))])
+    return markdown(["metric (better first)", "ranking, value [95% interval]"], rows)
+
+
+def claims_section(claims: list[Claim], differences: dict[tuple[str, str], Difference],
+                   labels: dict[str, str]) -> str:
+    """One row per claim and metric: claimed minus baseline, each training seed's own
+    difference, the 95% interval of the difference and the verdict."""
+    if not claims:
+        return ("No claim can be tested: train.models needs a DICE model and a baseline or "
+                "an ablation (dice-t-onehand, dice-t-residual).")
+    rows = []
+    for claim in claims:
+        for metric, label in labels.items():
+            found = differences.get((claim.text, metric))
+            if found is None:
+                continue
+            digits = 2 if metric in ("fd", "is") else 3
+            iv = found.interval
+            rows.append([claim.text, f"{claim.claimed} - {claim.baseline}", label,
+                         f"{iv.value:+.{digits}f}",
+                         ", ".join(f"{d:+.{digits}f}" for d in found.per_seed),
+                         f"[{iv.low:+.{digits}f}, {iv.high:+.{digits}f}]",
+                         claim_verdict(iv, metric)])
+    methods = sorted({d.method for d in differences.values()})
+    table = markdown(["claim", "difference of", "metric", "difference", "per seed",
+                      "95% interval", "verdict"], rows)
+    return (f"{table}\n\nLower FD and higher IS, precision, recall and class accuracy are "
+            f"better. Intervals: {'; '.join(methods)}. {len(rows)} comparisons at 95% give "
+            f"about {chance_verdicts(len(rows)):.1f} verdicts other than 'cannot be told "
+            "apart' by chance alone, even where no model is better.")
 
 
 def autoencoder_section(meta: dict | None, reconstruction_accuracy: float | None,
@@ -69,11 +92,13 @@ def protocol_notes(train: TrainParams, evaluate: EvaluateParams, paper: Params,
         data_note(paper, manifest),
         departure(train, paper.train, ("steps", "global_batch", "lr"), training_text),
         departure(train, paper.train, ("ema_decay", "ema_warmup"), ema_text),
-        departure(evaluate, paper.evaluate, ("samples", "sampler", "steps"), evaluation_text))
+        departure(evaluate, paper.evaluate, ("samples", "sampler", "steps", "cfg_scales",
+                                             "guidance_channels"), evaluation_text))
         if note]
     during = evaluate.for_training()
     notes.append(f"evaluations inside training every {train.eval_every} steps: "
-                 f"{during.samples} samples, {during.sampler} {during.steps} steps")
+                 f"{during.samples} samples, {during.sampler} {during.steps} steps, "
+                 f"{guidance_text(during)}")
     if evaluate.feature_network != paper.evaluate.feature_network:
         notes.append(f"features: {evaluate.feature_network} (offline), so FD/IS are "
                      "not FID/IS and cannot be compared with the paper's numbers")
@@ -110,8 +135,18 @@ def ema_text(train, theirs) -> str:
 
 
 def evaluation_text(ours, theirs) -> str:
-    return (f"final evaluation: {ours.samples} samples, {ours.sampler} {ours.steps} steps "
+    text = (f"final evaluation: {ours.samples} samples, {ours.sampler} {ours.steps} steps "
             f"(the paper: {theirs.samples}, {theirs.sampler} {theirs.steps})")
+    if guidance_text(ours) != guidance_text(theirs):
+        text += f"; {guidance_text(ours)} (the paper: {guidance_text(theirs)})"
+    return text
+
+
+def guidance_text(evaluate) -> str:
+    """The guidance scales (DiT's s, 1 = none), headline first: "cfg 1 and 3 (3 channels)"."""
+    scales = " and ".join(scale_label(scale) for scale in evaluate.cfg_scales)
+    channels = f" ({evaluate.guidance_channels} channels)" if evaluate.guidance_channels else ""
+    return f"cfg {scales}{channels}"
 
 
 def read_stage_times(path: Path) -> dict[str, dict]:
