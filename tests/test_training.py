@@ -457,15 +457,23 @@ def test_ctrl_c_in_dice_train_says_where_it_stopped_exits_130_and_ends_its_mlflo
     env = subprocess_env()      # not the rank and port of an engine in this test process
     run_dir = tmp_path / "runs" / "dit-t"
     with open(tmp_path / "train.log", "w+") as log:
-        # a session of its own: Ctrl-C in a terminal reaches every process of the command
+        # a session of its own: Ctrl-C in a terminal reaches every process of the command.
+        # SIGINT back to its default: a shell that started this suite in the background
+        # leaves it ignored, and Python then never turns it into KeyboardInterrupt
         process = subprocess.Popen(train_command(params_file), cwd=PROJECT, env=env,
-                                   stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + 300
-        while process.poll() is None and time.monotonic() < deadline and not (
-                CheckpointStore(run_dir).latest() or {}).get("step"):
-            time.sleep(0.1)
-        os.killpg(process.pid, signal.SIGINT)
-        assert process.wait(timeout=60) == 130
+                                   stdout=log, stderr=log, start_new_session=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                    signal.SIG_DFL))
+        try:
+            deadline = time.monotonic() + 300
+            while process.poll() is None and time.monotonic() < deadline and not (
+                    CheckpointStore(run_dir).latest() or {}).get("step"):
+                time.sleep(0.1)
+            os.killpg(process.pid, signal.SIGINT)
+            assert process.wait(timeout=120) == 130
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
         log.seek(0)
         output = log.read()
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output

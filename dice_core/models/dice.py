@@ -4,7 +4,7 @@ Three stages run at 1x, 1/2x and 1/4x of the latent's resolution, lowest first. 
 predicts noise (plus learned-variance channels) at its resolution; the next finer stage sees
 the noisy latent with that prediction, upsampled and gated by the conditioning, taken out.
 
-The functions marked ``@kernels.replaceable`` are the model as written; ``kernels/`` holds
+The functions marked ``@replaceable`` are the model as written; ``kernels/`` holds
 their faster equivalents and the rule for when each is taken (``DICE_KERNELS=0``: none is).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import kernels
+from .kernels import replaceable
 from .layers import (
     DiffusionBackbone,
     LabelEmbedder,
@@ -28,7 +28,7 @@ from .layers import (
 from .registry import register_preset
 
 
-@kernels.replaceable
+@replaceable
 def signal_extraction(left: torch.Tensor, right: torch.Tensor,
                       lam: torch.Tensor | float) -> torch.Tensor:
     """The hands' merge (section 3.2): f(l, r) = (l + r) / (1 + exp((l - r)^2 lambda)).
@@ -42,19 +42,19 @@ def signal_extraction(left: torch.Tensor, right: torch.Tensor,
     return ((left + right) * torch.sigmoid(-lam * (left - right).square())).to(dtype)
 
 
-@kernels.replaceable
+@replaceable
 def depthwise(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return conv(x)
 
 
-@kernels.replaceable
+@replaceable
 def two_hands(x: torch.Tensor, left: nn.Conv2d, right: nn.Conv2d,
               lam: torch.Tensor | float) -> torch.Tensor:
     """Two depthwise 7x7 convolutions of one input, merged by signal extraction."""
     return signal_extraction(depthwise(x, left), depthwise(x, right), lam)
 
 
-@kernels.replaceable
+@replaceable
 def modulated_mlp(mlp: nn.Sequential, x: torch.Tensor, shift: torch.Tensor,
                   scale: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """``gate * mlp(modulate(x, shift, scale))`` for channels-last ``x`` (B, H, W, C):
