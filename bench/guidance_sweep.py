@@ -24,13 +24,14 @@ from dice_core.durable import replace_atomically  # noqa: E402
 from dice_core.evaluation.evaluate import evaluate_model  # noqa: E402
 from dice_core.metrics import cfg_suffix, metric_names  # noqa: E402
 from dice_core.text_table import format_table  # noqa: E402
-from pipelines.weights import load_checked_model  # noqa: E402
+from pipelines.weights import checked_weights, load_sampler  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def sweep(model_name: str, params, scales: list[float], samples: int, steps: int) -> list[dict]:
-    model, manifest = load_checked_model(None, model_name, params, "cpu")
+    weights, manifest = checked_weights(None, model_name, params)
+    model = load_sampler(weights, "cpu")
     config = params.evaluate.model_copy(update={"cfg_scales": scales, "samples": samples,
                                                 "steps": steps, "device": "cpu"})
     fd = metric_names(config.feature_network)["fd"]
