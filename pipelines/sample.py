@@ -15,15 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from dice_core.data.class_names import class_ids, find_class_index, read_class_index
 from dice_core.data.encoders import decoder_for
 from dice_core.diffusion.guidance import check_scale
-from dice_core.durable import replace_atomically
 from dice_core.errors import InputError
 from dice_core.evaluation.sample_file import write_adm_samples
-from dice_core.evaluation.sampling import image_grid, sample_batches
+from dice_core.evaluation.sampling import sample_batches, save_grid
 from dice_core.samplers import SAMPLERS
 
 from .stage_params import add_params_argument, stage_params
@@ -75,9 +73,7 @@ def run(args: argparse.Namespace) -> Path:
         steps=config.steps, batch_size=config.batch_size, progress=True, cfg_scale=args.cfg,
         guidance_channels=config.guidance_channels)
     write_adm_samples(out / "samples.npz", labels.numpy(), kept(batches, images))
-    grid = image_grid(np.concatenate(images), columns=args.per_class)
-    replace_atomically(out / "grid.png",
-                       lambda stream: Image.fromarray(grid).save(stream, format="PNG"))
+    save_grid(out / "grid.png", np.concatenate(images), columns=args.per_class)
     names = [manifest["class_names"][index] for index in classes]
     print(f"{len(labels)} samples of {', '.join(names)} (cfg {args.cfg:g}, {config.sampler} "
           f"{config.steps} steps) -> {out / 'grid.png'}, {out / 'samples.npz'}")

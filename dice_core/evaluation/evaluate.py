@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from dice_core.config import EvaluateParams
 from dice_core.data.encoders import decoder_for
@@ -24,7 +23,7 @@ from .classifier import load_classifier
 from .reference import feature_network, reference_identity
 from .sample_file import write_adm_samples
 from .sample_stream import SampleStream
-from .sampling import fixed_labels, image_grid, sample_batches
+from .sampling import fixed_labels, sample_batches, save_grid
 
 
 class Evaluator:
@@ -116,8 +115,7 @@ def write_evaluation(out_dir: Path, grid: np.ndarray, per_sample: dict, metrics:
     """Beside ``samples.npz``: ``features.npz``, ``grid.png`` (of ``grid``), ``metrics.json``."""
     replace_atomically(out_dir / "features.npz", lambda f: np.savez(
         f, **{k: v for k, v in per_sample.items() if v is not None}))
-    replace_atomically(out_dir / "grid.png", lambda f: Image.fromarray(
-        image_grid(grid)).save(f, format="PNG"))
+    save_grid(out_dir / "grid.png", grid)
     write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
 
 

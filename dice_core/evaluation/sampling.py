@@ -7,9 +7,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from dice_core.diffusion import create_diffusion, guided, sample_with_scheduler, standard_normal
+from dice_core.durable import replace_atomically
 from dice_core.samplers import SAMPLERS
 from dice_core.seeding import EVAL_SAMPLES, seeded_generator
 
@@ -87,3 +89,9 @@ def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
         top, left = 2 + row * (height + 2), 2 + column * (width + 2)
         grid[top:top + height, left:left + width] = image
     return grid[..., 0] if channels == 1 else grid
+
+
+def save_grid(path, images: np.ndarray, columns: int | None = None) -> None:
+    """``image_grid(images, columns)`` as a PNG at ``path``, written atomically."""
+    grid = image_grid(images, columns)
+    replace_atomically(path, lambda f: Image.fromarray(grid).save(f, format="PNG"))
