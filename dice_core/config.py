@@ -23,13 +23,37 @@ def _known_models(models: list[str]) -> list[str]:
     return models
 
 
-ModelNames = Annotated[list[str], AfterValidator(_known_models), Field(min_length=1)]
+def _distinct(values: list) -> list:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{values} names a value twice: list each once")
+    return values
 
 
-def _distinct(scales: list[float]) -> list[float]:
-    if len(set(scales)) != len(scales):
-        raise ValueError(f"{scales} names a scale twice: list each once")
-    return scales
+ModelNames = Annotated[list[str], AfterValidator(_known_models), Field(min_length=1),
+                       AfterValidator(_distinct)]
+TrainingSeeds = Annotated[list[int], Field(min_length=1), AfterValidator(_distinct)]
+
+# The training seed whose runs keep the folder and stage of the model's name (runs/dice-t,
+# train@dice-t): the one every run had before training seeds were a dimension.
+FIRST_TRAINING_SEED = 42
+
+
+def run_name(model: str, seed: int) -> str:
+    """The run of ``model`` trained with ``seed``: its folder, stage key and MLflow run name."""
+    return model if seed == FIRST_TRAINING_SEED else f"{model}-s{seed}"
+
+
+class RunSpec(BaseModel):
+    """One training run: a model and its training seed."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str
+    seed: int
+
+
+def expected_runs(models: list[str], seeds: list[int]) -> dict[str, dict]:
+    """train.runs as it must read: one run per (model, seed), seed by seed."""
+    return {run_name(model, seed): {"model": model, "seed": seed}
+            for seed in seeds for model in models}
 
 
 # Classifier-free guidance scales, DiT's s (1 = none): the first is the headline, the others are
@@ -125,6 +149,11 @@ class ModelSettings(Section):
 class TrainParams(Section):
     """One training loop for every model (DESIGN.md §4): DeepSpeed, locally or on Ray Train."""
     models: ModelNames
+    # the training seeds (initialisation, data order, noise, timesteps): one run per model each
+    seeds: TrainingSeeds
+    # one entry per (model, seed), named by run_name: written by `dice runs` (DVC cannot
+    # multiply two lists into stage names of its own choosing), checked against the two
+    runs: dict[str, RunSpec]
     data: str
     output: str
     steps: int = Field(ge=1)
@@ -167,6 +196,17 @@ class TrainParams(Section):
             raise ValueError(f"per_model has no entry for {', '.join(missing)}: add "
                              f"{entries} under train.per_model (DVC tracks each model's entry)")
         return self
+
+    @model_validator(mode="after")
+    def _runs_follow_models_and_seeds(self) -> TrainParams:
+        expected = expected_runs(self.models, self.seeds)
+        if {name: run.model_dump() for name, run in self.runs.items()} != expected:
+            raise ValueError("runs does not list one run per model of train.models and seed of "
+                             "train.seeds: run `dice runs` to write it (make repro does)")
+        return self
+
+    def run_specs(self) -> list[RunSpec]:
+        return list(self.runs.values())
 
     def for_model(self, name: str) -> TrainParams:
         """These settings with ``per_model[name]`` laid over them."""
@@ -265,8 +305,10 @@ class Params(Section):
 
 class TrainingJob(Section):
     """What training reads, and all it reads: the sections the train stage's ``params:`` in
-    dvc.yaml are taken from."""
+    dvc.yaml are taken from. ``seed`` is the sampling seed of the evaluations (the same for
+    every run, so that they are paired); ``training_seed`` is the run's own (``for_run``)."""
     seed: int
+    training_seed: int = FIRST_TRAINING_SEED
     train: TrainParams
     evaluate: EvaluateParams
     tracking: TrackingParams
@@ -274,11 +316,18 @@ class TrainingJob(Section):
 
     @classmethod
     def of(cls, params: Params) -> TrainingJob:
-        return cls(**{name: getattr(params, name) for name in cls.model_fields})
+        return cls(**{name: getattr(params, name) for name in cls.model_fields
+                      if name in Params.model_fields})
 
     def for_model(self, name: str) -> TrainingJob:
         """This job with ``train.per_model[name]`` applied to ``train``."""
         return self.model_copy(update={"train": self.train.for_model(name)})
+
+    def seeded(self, training_seed: int) -> TrainingJob:
+        return self.model_copy(update={"training_seed": training_seed})
+
+    def run_name(self, model: str) -> str:
+        return run_name(model, self.training_seed)
 
 
 class ParamsError(InputError):

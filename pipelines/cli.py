@@ -6,6 +6,7 @@ import importlib
 import sys
 import time
 
+from dice_core.config import load_params
 from dice_core.devices import reuse_freed_cpu_memory
 from dice_core.errors import DiceError
 from dice_core.models import get_preset, list_models
@@ -44,6 +45,15 @@ def profile_command(args: argparse.Namespace) -> None:
           + "; `dvc repro` (or `dice flow`) runs it")
 
 
+def runs_command(args: argparse.Namespace) -> None:
+    changed = update_params(args.params)
+    train = load_params(args.params).train
+    print(f"{args.params}: train.runs " + ("written" if changed else "up to date") + f", "
+          f"{len(train.runs)} runs ({len(train.models)} models x {len(train.seeds)} seeds):")
+    for name, run in train.runs.items():
+        print(f"  {name:<24}{run.model:<18}seed {run.seed:<6}{train.output}/{name}")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every command with its summary. Only ``command``'s module is imported, for its arguments:
     a stage then does not pay for importing all the others (Prefect, matplotlib, ...)."""
@@ -65,6 +75,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                 metavar="KEY=VALUE", help="an override on top (repeatable)")
     profile_parser.add_argument("--params", default="params.yaml")
     profile_parser.set_defaults(handler=profile_command)
+
+    runs_parser = commands.add_parser("runs", help="write train.runs (DVC's train and evaluate "
+                                                   "stages) from train.models x train.seeds")
+    runs_parser.add_argument("--params", default="params.yaml")
+    runs_parser.set_defaults(handler=runs_command)
 
     models_parser = commands.add_parser("models", help="list the model presets")
     models_parser.add_argument("--family", choices=["dice", "dit", "dimr"])

@@ -1,5 +1,7 @@
-"""Report stage: Table 1 (sample quality), Table 2 (cost), Figures 11-13 and emissions for the
-models of train.models, as markdown, PNG, DVC metrics and plots, and on the parent MLflow run.
+"""Report stage: Table 1 (sample quality), Table 2 (cost), the paper's claims with paired
+intervals, Figures 11-13 and emissions for the runs of train.runs (every model of train.models
+with every training seed of train.seeds), as markdown, PNG, DVC metrics and plots, and on the
+parent MLflow run.
 
     python -m pipelines.report [--output DIR]
 """
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from dice_core.analysis.static import analyze
-from dice_core.config import Params
+from dice_core.config import Params, run_name
 from dice_core.data import prepared_images, read_latent_manifest
 from dice_core.data.autoencoder import read_metadata
 from dice_core.data.encoders import decoder_for
@@ -67,28 +69,30 @@ def report_markdown(network: str, config, sections: dict, results, figures) -> s
         f"## Table 2: cost (samples/s at {config.ddpm_steps} DDPM steps, batch 1, "
         f"{config.device})\n\n{sections['table2']}\n\n"
         f"## The paper's claims, paired (final evaluation)\n\n{sections['claims']}\n\n"
-        f"## Ranking with 95% intervals (final evaluation)\n\n{sections['ranking']}\n\n"
+        f"## Ranking with 95% intervals (final evaluation, training seed {sections['seed']})"
+        f"\n\n{sections['ranking']}\n\n"
         f"## Where this run departs from the paper's protocol\n\n{sections['protocol']}\n\n"
         f"## Autoencoder\n\n{sections['autoencoder']}\n\n"
         f"## Emissions\n\n{sections['emissions']}\n\n"
         f"## Stage wall times\n\n{sections['stage_times']}\n\n"
         "Final sample grids: "
-        + ", ".join(f"[{r.model}](../eval/{r.model}/grid.png)" for r in results) + "\n\n"
+        + ", ".join(f"[{r.run}](../eval/{r.run}/grid.png)" for r in results) + "\n\n"
         + "".join(f"![{f.stem}]({f.name})\n\n" for f in figures))
 
 
 def write_data_files(out: Path, results, names: dict) -> None:
     """Tables 1 and 2 as JSON (DVC metrics) and the curves as CSV (DVC plots)."""
     write_text_atomic(out / "table1.json",
-                      json.dumps({r.model: r.final for r in results}, indent=2))
+                      json.dumps({r.run: r.final for r in results}, indent=2))
     write_text_atomic(out / "table2.json",
-                      json.dumps({r.model: r.static for r in results}, indent=2))
+                      json.dumps({r.model: r.static for r in results if r.static}, indent=2))
     curves = io.StringIO(newline="")
     writer = csv.writer(curves)
-    writer.writerow(["model", "step", names["fd"], names["is"]])
+    writer.writerow(["run", "model", "seed", "step", names["fd"], names["is"]])
     for r in results:
         for step, metrics in r.history:
-            writer.writerow([r.model, step, metrics.get(names["fd"]), metrics.get(names["is"])])
+            writer.writerow([r.run, r.model, r.seed, step, metrics.get(names["fd"]),
+                             metrics.get(names["is"])])
     write_text_atomic(out / "curves.csv", curves.getvalue())
 
 
@@ -102,27 +106,31 @@ def run(args: argparse.Namespace) -> dict:
     channels, size, _ = manifest["latent_shape"]
     shape = {"in_channels": channels, "input_size": size, "num_classes": manifest["num_classes"]}
 
-    results = collect(params.train.models, params.train.output, params.evaluate.output)
-    for r in results:   # Table 2: one run, one device, the trained models' own shapes
+    results = collect(params.train.runs, params.train.output, params.evaluate.output)
+    first_seed = params.train.seeds[0]
+    firsts = [r for r in results if r.seed == first_seed]   # one run of each model
+    for r in firsts:   # Table 2: one device, the trained models' own shapes
         overrides = {**shape, **params.train.for_model(r.model).model_overrides}
         r.static = analyze(r.model, overrides, config.device, torch.float32, 1,
                            config.ddpm_steps, config.timed_steps).as_dict()
     totals = total_emissions([r.emissions for r in results])
-    points, draws = final_draws(params, manifest, results, config.bootstrap)
-    intervals = {model: {metric: percentile_interval(points[model][metric], values)
-                         for metric, values in per_metric.items()}
-                 for model, per_metric in draws.items()}
-    claims = paper_claims([r.model for r in results])
+    points = final_points(results, names)
+    # resampling is for the one-seed claims and the ranking, both of the first seed's runs
+    draws = final_draws(params, manifest, firsts, points, config.bootstrap)
+    intervals = {run: {metric: percentile_interval(points[run][metric], values)
+                       for metric, values in per_metric.items()}
+                 for run, per_metric in draws.items()}
+    claims = paper_claims(params.train.models)
     autoencoder = autoencoder_check(params, manifest)
     times = read_stage_times(STAGE_TIMES)
 
     figures = [curve(results, names["fd"], names["fd"], out / "fig11_fd_vs_step.png"),
                curve(results, names["is"], names["is"], out / "fig12_is_vs_step.png"),
                bubbles(results, names["fd"], out / "fig13_throughput_vs_fd.png")]
-    sections = {"table1": table1(results, network), "table2": table2(results),
-                "claims": claims_section(claims, paired_differences(claims, points, draws),
-                                         RANKED),
-                "ranking": ranking_section(intervals, RANKED),
+    differences = paired_differences(claims, params.train.seeds, points, draws)
+    sections = {"table1": table1(results, network), "table2": table2(firsts),
+                "claims": claims_section(claims, differences, RANKED, params.train.seeds),
+                "seed": first_seed, "ranking": ranking_section(intervals, RANKED),
                 "protocol": protocol_notes(params.train, params.evaluate,
                                            paper_params(args.params), manifest),
                 "autoencoder": autoencoder_section(*autoencoder),
@@ -132,7 +140,7 @@ def run(args: argparse.Namespace) -> dict:
                                                          figures))
     write_data_files(out, results, names)
     parent = open_pipeline_run(params.tracking, params.train.output)
-    parent.log_metrics({f"{r.model}/{key}": value for r in results
+    parent.log_metrics({f"{r.run}/{key}": value for r in results
                         for key, value in r.final.items() if isinstance(value, (int, float))}
                        | {f"total/{key}": value for key, value in totals.items()}
                        | interval_metrics(intervals) | autoencoder_metrics(*autoencoder)
@@ -145,40 +153,58 @@ def run(args: argparse.Namespace) -> dict:
     return {"results": [r.model for r in results], "output": str(out)}
 
 
-def final_draws(params: Params, manifest: dict, results, resamples: int) -> tuple[dict, dict]:
-    """Per model, the point values of its final evaluation's metrics and their resampled
-    draws (see intervals.sample_draws: the draws of models with as many samples are
-    paired)."""
+def final_points(results, names: dict) -> dict:
+    """{run: {metric: value}}: the headline of each run's final evaluation, by RANKED's keys."""
+    points = {}
+    for r in results:
+        points[r.run] = {key: r.final[names.get(key, key)] for key in RANKED
+                         if names.get(key, key) in r.final}
+    return points
+
+
+def final_draws(params: Params, manifest: dict, results, points: dict,
+                resamples: int) -> dict:
+    """{run: {metric: resampled values}} for the runs whose final evaluation kept its
+    per-sample features (see intervals.sample_draws: the draws of runs with as many samples
+    are paired)."""
     network = params.evaluate.feature_network
-    names = metric_names(network)
     reference, _ = load_reference(params.evaluate.reference,
                                   reference_identity(manifest, network))
-    points, draws = {}, {}
+    draws = {}
     for r in results:
-        features = Path(params.evaluate.output) / r.model / "features.npz"
+        features = Path(params.evaluate.output) / r.run / "features.npz"
         if not features.is_file():
             continue
         with np.load(features) as data:
             per_sample = {key: data[key] for key in data.files}
-        points[r.model] = {key: r.final[names.get(key, key)] for key in RANKED
-                           if names.get(key, key) in r.final}
         # evaluations from before the distances were recorded took float32
-        draws[r.model] = sample_draws(
-            per_sample, *reference.pool_statistics(), reference.pool, points[r.model],
+        draws[r.run] = sample_draws(
+            per_sample, *reference.pool_statistics(), reference.pool, points[r.run],
             resamples, params.seed, pr_distances=r.final.get("pr_distances", "float32"))
-    return points, draws
+    return draws
 
 
-def paired_differences(claims, points: dict, draws: dict) -> dict:
-    """{(claim, metric): Difference} for one training seed: the paired bootstrap."""
+def paired_differences(claims, seeds: list[int], points: dict, draws: dict) -> dict:
+    """{(claim, metric): Difference}: over the training seeds whose runs of both models were
+    evaluated, a t interval; with one such seed, the paired bootstrap over samples."""
     found = {}
     for claim in claims:
-        if claim.claimed not in draws or claim.baseline not in draws:
+        pairs = [(run_name(claim.claimed, seed), run_name(claim.baseline, seed))
+                 for seed in seeds]
+        pairs = [(a, b) for a, b in pairs if a in points and b in points]
+        if not pairs:
             continue
-        for metric in draws[claim.claimed].keys() & draws[claim.baseline].keys():
-            found[claim.text, metric] = difference(
-                [(points[claim.claimed][metric], points[claim.baseline][metric])],
-                (draws[claim.claimed][metric], draws[claim.baseline][metric]))
+        for metric in RANKED:
+            if not all(metric in points[a] and metric in points[b] for a, b in pairs):
+                continue
+            values = [(points[a][metric], points[b][metric]) for a, b in pairs]
+            if len(pairs) > 1:
+                found[claim.text, metric] = difference(values)
+                continue
+            (a, b), = pairs
+            if a in draws and b in draws and metric in draws[a] and metric in draws[b]:
+                found[claim.text, metric] = difference(values, (draws[a][metric],
+                                                                draws[b][metric]))
     return found
 
 

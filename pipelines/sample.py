@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dice_core.config import FIRST_TRAINING_SEED
 from dice_core.data.class_names import class_ids, find_class_index, read_class_index
 from dice_core.data.encoders import decoder_for
 from dice_core.diffusion.guidance import check_scale
@@ -32,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_params_argument(parser, "evaluate")
     parser.add_argument("--model", required=True, help="the preset; its run's latest EMA "
                                                        "weights unless --checkpoint")
+    parser.add_argument("--training-seed", type=int, default=FIRST_TRAINING_SEED,
+                        help="the run's training seed (its folder runs/<model>-s<seed>)")
     parser.add_argument("--checkpoint", help="weights (.safetensors): a run's EMA weights or a "
                                              "`dice import`ed file")
     parser.add_argument("--classes", nargs="+", metavar="CLASS",
@@ -46,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="guide the first N latent channels (DiT's sampler: 3)")
     parser.add_argument("--sampler", choices=SAMPLERS)
     parser.add_argument("--steps", type=int)
-    parser.add_argument("--seed", type=int, help="default: params.yaml's seed")
+    parser.add_argument("--seed", type=int, help="the sampling seed; default: params.yaml's")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--device", help="auto, cpu, cuda")
     parser.add_argument("--out", help="the folder to write (default: <evaluate.output>/"
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> Path:
     check_scale(args.cfg)
     if args.per_class < 1:
         raise InputError(f"--per-class {args.per_class}: draw at least one image of a class")
-    weights, manifest = checked_weights(args.checkpoint, args.model, params)
+    weights, manifest = checked_weights(args.checkpoint, args.model, params, args.training_seed)
     classes = chosen_classes(args.classes, args.class_index, manifest)
     model = load_sampler(weights, config.device)
     labels = torch.tensor(classes).repeat_interleave(args.per_class)

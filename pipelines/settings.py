@@ -13,8 +13,9 @@ from pathlib import Path
 
 import yaml
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
 
-from dice_core.config import Params, ParamsError, load_params
+from dice_core.config import Params, ParamsError, expected_runs, load_params
 from dice_core.durable import write_text_atomic
 
 PROFILES = Path(__file__).resolve().parents[1] / "profiles"
@@ -84,6 +85,22 @@ def layered_params(params_file: Path, profile: str | None = None,
         raw = merged(raw, yaml.safe_load(profile_path(profile).read_text()) or {})
     for text in overrides:
         raw = merged(raw, parse_override(text))
+    return with_runs(raw)
+
+
+def with_runs(raw: dict) -> dict:
+    """``raw`` with train.runs written from train.models and train.seeds (left alone when either
+    is not a list: validation then names the key)."""
+    train = raw.get("train")
+    if not (isinstance(train, dict) and isinstance(train.get("models"), list)
+            and isinstance(train.get("seeds"), list)):
+        return raw
+    runs = expected_runs(train["models"], train["seeds"])
+    if isinstance(train, CommentedMap):     # params.yaml's own layout: one line per run
+        runs = CommentedMap((name, CommentedMap(run)) for name, run in runs.items())
+        for run in runs.values():
+            run.fa.set_flow_style()
+    train["runs"] = runs
     return raw
 
 
@@ -113,9 +130,8 @@ def settled_params(params_file: str | Path, profile: str | None = None,
 
 def update_params(params_file: str | Path, profile: str | None = None,
                   overrides: list[str] = ()) -> bool:
-    """Lay the profile and overrides over ``params_file``; True when the file changed."""
-    if not profile and not overrides:
-        return False
+    """Lay the profile and overrides over ``params_file`` and write train.runs from train.models
+    and train.seeds; True when the file changed."""
     text = settled_params(params_file, profile, overrides)
     if yaml.safe_load(text) == yaml.safe_load(Path(params_file).read_text()):
         return False

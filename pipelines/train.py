@@ -1,7 +1,8 @@
-"""Train stage: one run per model, under one parent MLflow run for the pipeline.
+"""Train stage: one run per model and training seed, under one parent MLflow run for the
+pipeline.
 
 Reads the ``train``, ``tracking`` and ``emissions`` sections of params.yaml; flags override.
-    python -m pipelines.train [--model dice] [--steps N] [--backend ray --workers 2]
+    python -m pipelines.train [--model dice] [--training-seed 1] [--steps N] [--backend ray]
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import argparse
 import json
 import sys
 
-from dice_core.config import TrainingJob
+from dice_core.config import RunSpec, TrainingJob, TrainParams
 from dice_core.errors import InputError
 from dice_core.models import get_preset
 from dice_core.training.runner import train_models
@@ -22,8 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append",
                         help="a preset (dice-t) or a family (dice) among train.models; "
                              "repeatable; default: every model in train.models")
+    parser.add_argument("--training-seed", type=int, action="append", dest="training_seeds",
+                        help="a seed of train.seeds; repeatable; default: every one")
     parser.add_argument("--steps", type=int)
-    parser.add_argument("--output", help="folder of the runs (one sub-folder per model)")
+    parser.add_argument("--output", help="folder of the runs (one sub-folder per run)")
     parser.add_argument("--backend", choices=["local", "ray"])
     parser.add_argument("--workers", type=int, help="Ray Train workers")
     parser.add_argument("--ray-address", help="auto, ray://host:port; default: a local cluster")
@@ -44,11 +47,22 @@ def select_models(requested: list[str] | None, configured: list[str]) -> list[st
     return chosen
 
 
+def select_runs(models: list[str], seeds: list[int] | None, train: TrainParams) -> list[RunSpec]:
+    """The runs of train.runs of these models, with these seeds (all of train.seeds if None)."""
+    unknown = sorted(set(seeds or ()) - set(train.seeds))
+    if unknown:
+        raise InputError(f"--training-seed {', '.join(map(str, unknown))} is not in train.seeds "
+                         f"{train.seeds}: add it there (then `dice runs`) or name one of them")
+    return [RunSpec(model=model, seed=seed) for seed in (seeds or train.seeds)
+            for model in models]
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     params, train = stage_params(
         args, "train", ("steps", "output", "backend", "workers", "ray_address", "device"))
     job = TrainingJob.of(params.model_copy(update={"train": train}))
-    summaries = train_models(job, select_models(args.model, train.models))
+    runs = select_runs(select_models(args.model, train.models), args.training_seeds, train)
+    summaries = train_models(job, runs)
     print(json.dumps(summaries, indent=2))
     return summaries
 

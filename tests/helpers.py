@@ -89,7 +89,13 @@ def training_params(tmp_path, shards, uri, **train) -> dict:
     raw["evaluate"].update(reference=str(tmp_path / "no-reference.npz"), samples=4, steps=10,
                            in_training={"samples": None, "sampler": None, "steps": None,
                                         "cfg_scales": None})
-    return raw
+    return with_runs(raw)
+
+
+def with_runs(raw: dict) -> dict:
+    """``raw`` with train.runs following its train.models and train.seeds (as `dice runs`)."""
+    from pipelines.settings import with_runs as written
+    return written(raw)
 
 
 def training_job(tmp_path, shards, uri, **train):

@@ -70,8 +70,10 @@ def test_params_yaml_is_the_one_place_a_value_is_chosen():
 # Settings training reads that cannot change a model or its run folder, so that DVC does not
 # retrain for them: where and how often things are logged, the loader's processes, where Ray
 # and the reference's source are, and what a resume may change (the changed values are tracked).
+# A run's training seed is tracked as its own entry of train.runs (train.runs.${key}), not as
+# train.seeds or the job's training_seed, so that adding a seed trains only the new runs.
 TRAIN_STAGE_UNTRACKED = {
-    "train.models", "train.log_every", "train.loader_workers", "train.ray_address",
+    "train.models", "train.seeds", "training_seed", "train.log_every", "train.loader_workers", "train.ray_address",
     "train.resume_changes", "evaluate.reference_split", "evaluate.reference_batch",
     "evaluate.output", "tracking"}
 
@@ -79,7 +81,8 @@ TRAIN_STAGE_UNTRACKED = {
 def test_the_train_stage_tracks_every_setting_of_the_training_job_but_the_cadence_ones():
     from dice_core.config import TrainingJob
     stage = yaml.safe_load((PROJECT_PARAMS.parent / "dvc.yaml").read_text())["stages"]["train"]
-    listed = {key.replace(".${item.model}", "") for key in stage["params"]}
+    listed = {key.replace(".${item.model}", "").replace(".${key}", "")
+              for key in stage["do"]["params"]}
     expected = set()
     for section, field in TrainingJob.model_fields.items():
         inner = getattr(field.annotation, "model_fields", None)

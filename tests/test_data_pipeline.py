@@ -13,7 +13,7 @@ import yaml
 
 from dice_core.data import read_manifest, read_shard
 from dice_core.training.engine import child_process_env
-from helpers import scratch_project
+from helpers import scratch_project, with_runs
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -103,6 +103,7 @@ def test_dvc_repro_runs_what_a_parameter_touches_trains_the_matrix_and_a_longer_
     params = scratch_project(tmp_path, resolution=8)
     params["train"].update(models=["dit-t"], steps=2, global_batch=4, log_every=1,
                            ckpt_every=2, eval_every=2, loader_workers=0, device="cpu")
+    with_runs(params)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = child_process_env()   # not the rank and port of an engine in this test process
     env.setdefault("TORCH_EXTENSIONS_DIR", str(PROJECT / ".cache" / "torch_extensions"))

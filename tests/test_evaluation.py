@@ -24,7 +24,7 @@ from dice_core.metrics import (
 from dice_core.models import build_model
 from dice_core.models.serialization import load_model, save_model
 from dice_core.training import ema_weights_path, train_model
-from helpers import random_inception_weights, tiny_latents, training_params
+from helpers import random_inception_weights, tiny_latents, training_params, with_runs
 from pipelines.cli import main as dice_main
 
 
@@ -245,10 +245,12 @@ def test_the_report_has_both_tables_the_figures_and_reaches_the_parent_run(
     from dice_core.training.runner import train_models
     raw = eval_params(tmp_path, data, mlflow_server.uri)
     raw["train"].update(models=["dice-t", "dit-t"], steps=4, eval_every=2, ckpt_every=2)
+    with_runs(raw)
     raw["report"].update(output=str(tmp_path / "report"), ddpm_steps=4, timed_steps=2)
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(raw))
-    [first, _] = train_models(TrainingJob.of(Params.model_validate(raw)), ["dice-t", "dit-t"])
+    job = TrainingJob.of(Params.model_validate(raw))
+    [first, _] = train_models(job, job.train.run_specs())
     assert dice_main(["report", "--params", str(params_file)]) == 0
 
     report = (tmp_path / "report" / "report.md").read_text()
@@ -261,7 +263,7 @@ def test_the_report_has_both_tables_the_figures_and_reaches_the_parent_run(
     table2 = json.loads((tmp_path / "report" / "table2.json").read_text())
     assert table2["dice-t"]["trainable_params"] > 0 and table2["dit-t"]["throughput"]
     curves = (tmp_path / "report" / "curves.csv").read_text().splitlines()
-    assert curves[0] == "model,step,fd_effnet,is_effnet" and len(curves) == 5
+    assert curves[0] == "run,model,seed,step,fd_effnet,is_effnet" and len(curves) == 5
 
     client = MlflowClient(mlflow_server.uri)
     parent_id = client.get_run(first["run_id"]).data.tags["mlflow.parentRunId"]

@@ -16,7 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from dice_core.training.engine import child_process_env
-from helpers import scratch_project
+from helpers import scratch_project, with_runs
 from pipelines.settings import update_params
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -48,6 +48,7 @@ def flow_project(folder: Path, mlflow_uri: str) -> dict:
     params["train"].update(models=MODELS, steps=2, global_batch=4, log_every=1, ckpt_every=2,
                            eval_every=1, loader_workers=0, device="cpu",
                            per_model={model: {} for model in MODELS})
+    with_runs(params)
     params["report"].update(bootstrap=10, timed_steps=2, ddpm_steps=2)
     params["tracking"].update(uri=mlflow_uri, experiment=folder.name, log_images=False,
                               retry_seconds=0.1)

@@ -234,7 +234,7 @@ def params_with_evaluate(tmp_path, **evaluate) -> Path:
 
 
 @pytest.mark.parametrize("scales, problem", [([1.0, -2.0], r"evaluate\.cfg_scales\.1: "),
-                                             ([1.0, 1.0], r"names a scale twice"),
+                                             ([1.0, 1.0], r"names a value twice"),
                                              ([], r"evaluate\.cfg_scales: ")])
 def test_params_refuse_negative_repeated_or_no_scales(tmp_path, scales, problem):
     with pytest.raises(ParamsError, match=problem):

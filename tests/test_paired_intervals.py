@@ -123,8 +123,9 @@ def test_the_claims_section_gives_difference_seeds_interval_verdict_and_chance()
     claims = paper_claims(["dice-t", "dit-t"])
     differences = {("DICE beats DiT", "fd"): difference([(100.0, 110.0), (104.0, 111.0)]),
                    ("DICE beats DiT", "recall"): difference([(0.1, 0.1), (0.2, 0.1)])}
-    text = claims_section(claims, differences, {"fd": "FD", "recall": "recall"})
-    fd_row, recall_row = text.splitlines()[2:4]
+    text = claims_section(claims, differences, {"fd": "FD", "recall": "recall"}, [42, 1])
+    assert text.startswith("Training seeds: 42, 1 (2)")
+    fd_row, recall_row = text.splitlines()[4:6]
     interval = seed_interval([-10.0, -7.0])
     assert fd_row == (f"| DICE beats DiT | dice-t - dit-t | FD | -8.50 | -10.00, -7.00 | "
                       f"[{interval.low:+.2f}, {interval.high:+.2f}] | "

@@ -16,7 +16,7 @@ import yaml
 from dice_core.config import Params, TrainingJob
 from dice_core.data import DataError
 from dice_core.training.ray_backend import restore_checkpoint, train_with_ray
-from helpers import tiny_latents
+from helpers import tiny_latents, with_runs
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "dit-t"
@@ -41,6 +41,7 @@ def ray_params(latents, output: Path, steps: int, ray_address: str | None = None
                         global_batch=8, ckpt_every=2, log_every=1, eval_every=1000,
                         loader_workers=0, backend="ray", workers=2, ray_address=ray_address,
                         device="cpu", precision="fp32")
+    with_runs(raw)
     raw["tracking"].update(uri=f"sqlite:///{output / 'mlflow.db'}", log_images=False)
     # no reference: the final step's evaluation must not pick up the project's data/
     raw["evaluate"]["reference"] = str(output / "no-reference.npz")
@@ -236,7 +237,7 @@ def test_an_unreachable_cluster_is_refused_at_once_naming_its_address(latents, t
     job = ray_params(latents, tmp_path, steps=2, ray_address=address)
     started = time.monotonic()
     with pytest.raises(InputError, match=f"no Ray cluster answers at {address} "):
-        train_models(job, [MODEL])
+        train_models(job, job.train.run_specs())
     assert time.monotonic() - started < 60
     client = MlflowClient(job.tracking.uri)
     runs = client.search_runs([client.get_experiment_by_name(job.tracking.experiment)

@@ -72,7 +72,7 @@ def test_the_deepspeed_path_trains_and_lowers_the_loss(tmp_path, shards, mlflow_
 def test_every_model_sees_byte_identical_inputs_at_every_step(tmp_path, shards, mlflow_server):
     params = make_params(tmp_path, shards, mlflow_server.uri, steps=3, micro_batch=8,
                          ckpt_every=3, models=["dice-t", "dit-t", "dimr-t"])
-    train_models(params, params.train.models)
+    train_models(params, params.train.run_specs())
     logs = [(tmp_path / "runs" / name / "input_hashes.rank0.txt").read_text()
             for name in params.train.models]
     assert logs[0] == logs[1] == logs[2]
@@ -159,7 +159,7 @@ def test_k_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpo
     params = make_params(tmp_path, shards, mlflow_server.uri, steps=12, ckpt_every=4,
                          max_nonfinite_steps=3)
     with pytest.raises(NonFiniteLoss, match=r"3 optimiser steps in a row.*step 7.*checkpoint"):
-        train_models(params, ["dit-t"])
+        train_models(params, params.train.run_specs())
     run_dir = tmp_path / "runs" / "dit-t"
     assert CheckpointStore(run_dir).latest()["step"] == 4
     assert all(torch.isfinite(w).all() for w in engine_weights(run_dir).values())
@@ -169,7 +169,7 @@ def test_k_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpo
     assert client.get_run(parent["run_id"]).info.status == "FAILED"
 
     monkeypatch.undo()                  # the data is sound again: the resumed run finishes
-    train_models(params, ["dit-t"])
+    train_models(params, params.train.run_specs())
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "FINISHED"
     assert client.get_run(parent["run_id"]).info.status == "FINISHED"
 
@@ -326,8 +326,9 @@ def test_an_impossible_combination_fails_before_any_work(tmp_path, shards, train
     from pipelines.cli import main as dice_main
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(training_params(tmp_path, shards, None, **train)))
+    job = TrainingJob.of(load_params(params_file))
     with pytest.raises(ValueError, match=message):
-        train_models(TrainingJob.of(load_params(params_file)), ["dit-t"])
+        train_models(job, job.train.run_specs())
     assert dice_main(["train", "--params", str(params_file)]) == 2
     assert not (tmp_path / "runs").exists()
 
@@ -336,7 +337,8 @@ def test_mlflow_holds_nested_runs_metrics_at_their_steps_and_artifacts(tmp_path,
                                                                        mlflow_server):
     raw = training_params(tmp_path, shards, mlflow_server.uri, eval_every=3)
     raw["tracking"]["log_images"] = True
-    [summary] = train_models(TrainingJob.of(Params.model_validate(raw)), ["dit-t"])
+    job = TrainingJob.of(Params.model_validate(raw))
+    [summary] = train_models(job, job.train.run_specs())
     client = MlflowClient(mlflow_server.uri)
     run = client.get_run(summary["run_id"])
     parent_id = run.data.tags["mlflow.parentRunId"]

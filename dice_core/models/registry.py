@@ -33,6 +33,13 @@ def register_preset(name: str, family: str, builder: Callable[..., nn.Module],
     _PRESETS[name] = Preset(name, family, builder, dict(config), note)
 
 
+def variant_of(name: str) -> str:
+    """What an ablation preset changes, by its name's last part after the preset it departs
+    from (``dice-t-onehand`` -> ``onehand``); ``base`` for every other preset."""
+    base, _, change = name.rpartition("-")
+    return change if base in _PRESETS else "base"
+
+
 def list_models(family: str | None = None) -> list[str]:
     return sorted(name for name, preset in _PRESETS.items()
                   if family is None or preset.family == family)

@@ -5,14 +5,22 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dice_core.config import FIRST_TRAINING_SEED, RunSpec, run_name
+
 
 @dataclass
 class ModelResults:
+    """One run: a model trained with one training seed."""
     model: str
+    seed: int = FIRST_TRAINING_SEED
     history: list[tuple[int, dict]] = field(default_factory=list)   # (step, metrics)
     final: dict = field(default_factory=dict)                       # the last evaluation
     emissions: dict = field(default_factory=dict)
     static: dict = field(default_factory=dict)                      # filled by the report
+
+    @property
+    def run(self) -> str:
+        return run_name(self.model, self.seed)
 
     def final_scales(self) -> list[float]:
         """The guidance scales of the final evaluation, its headline first (evaluations from
@@ -27,11 +35,12 @@ def eval_history(run_dir: Path) -> list[tuple[int, dict]]:
     return history
 
 
-def collect(models: list[str], runs_dir: str | Path, eval_dir: str | Path) -> list[ModelResults]:
-    """Per model: its in-training evaluations, its final evaluation (the standalone
+def collect(runs: dict[str, RunSpec], runs_dir: str | Path,
+            eval_dir: str | Path) -> list[ModelResults]:
+    """Per run of train.runs: its in-training evaluations, its final evaluation (the standalone
     ``dice evaluate`` when there is one, else the last in-training one) and its emissions."""
     results = []
-    for name in models:
+    for name, spec in runs.items():
         run_dir = Path(runs_dir) / name
         history = eval_history(run_dir)
         standalone = Path(eval_dir) / name / "metrics.json"
@@ -40,5 +49,5 @@ def collect(models: list[str], runs_dir: str | Path, eval_dir: str | Path) -> li
         summary = run_dir / "summary.json"
         emissions = json.loads(summary.read_text()).get("emissions", {}) \
             if summary.is_file() else {}
-        results.append(ModelResults(name, history, final, emissions))
+        results.append(ModelResults(spec.model, spec.seed, history, final, emissions))
     return results

@@ -19,7 +19,7 @@ def curve(results: list[ModelResults], key: str, label: str, path: Path) -> Path
     for r in results:
         points = [(step, metrics[key]) for step, metrics in r.history if key in metrics]
         if points:
-            axes.plot(*zip(*points), marker="o", label=r.model)
+            axes.plot(*zip(*points), marker="o", label=r.run)
     axes.set_xlabel("training step")
     axes.set_ylabel(label)
     axes.grid(alpha=0.3)

@@ -37,7 +37,7 @@ def ranking_section(intervals: dict[str, dict[str, Interval]], labels: dict[str,
 
 
 def claims_section(claims: list[Claim], differences: dict[tuple[str, str], Difference],
-                   labels: dict[str, str]) -> str:
+                   labels: dict[str, str], seeds: list[int]) -> str:
     """One row per claim and metric: claimed minus baseline, each training seed's own
     difference, the 95% interval of the difference and the verdict."""
     if not claims:
@@ -59,7 +59,9 @@ def claims_section(claims: list[Claim], differences: dict[tuple[str, str], Diffe
     methods = sorted({d.method for d in differences.values()})
     table = markdown(["claim", "difference of", "metric", "difference", "per seed",
                       "95% interval", "verdict"], rows)
-    return (f"{table}\n\nLower FD and higher IS, precision, recall and class accuracy are "
+    return (f"Training seeds: {', '.join(map(str, seeds))} ({len(seeds)}); per seed: that "
+            f"seed's runs of the two models.\n\n{table}\n\n"
+            "Lower FD and higher IS, precision, recall and class accuracy are "
             f"better. Intervals: {'; '.join(methods)}. {len(rows)} comparisons at 95% give "
             f"about {chance_verdicts(len(rows)):.1f} verdicts other than 'cannot be told "
             "apart' by chance alone, even where no model is better.")

@@ -33,10 +33,10 @@ def table1(results: list[ModelResults], network: str) -> str:
     rows = []
     for r in results:
         headline, *_ = scales = r.final_scales()
-        rows += [[r.model, scale_label(scale),
+        rows += [[r.run, scale_label(scale),
                   *(number(r.final.get(key + cfg_suffix(scale, headline))) for key in keys)]
                  for scale in scales]
-    return markdown(["model", "cfg", *keys], rows)
+    return markdown(["run", "cfg", *keys], rows)
 
 
 def table2(results: list[ModelResults]) -> str:
@@ -51,7 +51,7 @@ def table2(results: list[ModelResults]) -> str:
 def emissions_table(results: list[ModelResults], totals: dict) -> str:
     keys = ["emissions/codecarbon_kwh", "emissions/codecarbon_kg", "emissions/device_hours",
             "emissions/paper_estimate_kg"]
-    rows = [[r.model, *(number(r.emissions.get(k), 4) for k in keys)] for r in results]
+    rows = [[r.run, *(number(r.emissions.get(k), 4) for k in keys)] for r in results]
     rows.append(["total", *(number(totals.get(k), 4) for k in keys)])
-    return markdown(["model", "kWh (codecarbon)", "kg CO2 (codecarbon)", "device-hours",
+    return markdown(["run", "kWh (codecarbon)", "kg CO2 (codecarbon)", "device-hours",
                      "kg CO2 (paper's method)"], rows)

@@ -32,13 +32,15 @@ from .steps import optimiser_step
 
 
 def train_model(job: TrainingJob, model_name: str, placement: Placement | None = None) -> dict:
-    """Trains ``model_name`` to ``train.steps`` (resuming its run folder) and returns a summary.
-    Refused at once when another process trains in the same run folder."""
+    """Trains ``model_name`` with the job's training seed to ``train.steps`` (resuming its run
+    folder) and returns a summary. Refused at once when another process trains in the same run
+    folder."""
     placement = placement or Placement()
     job = job.for_model(model_name)
     # before the engine and the MLflow run: too many loader lanes for the shards is refused now
     check_lanes(job.train.data, placement.world_size, job.train.loader_workers)
-    with RunFolderLock(Path(job.train.output) / model_name, enabled=placement.rank == 0):
+    run_dir = Path(job.train.output) / job.run_name(model_name)
+    with RunFolderLock(run_dir, enabled=placement.rank == 0):
         return _train(job, model_name, placement)
 
 
@@ -46,7 +48,7 @@ def _train(job: TrainingJob, model_name: str, placement: Placement) -> dict:
     s = open_session(job, model_name, placement)
     train = s.train
     evaluate = Evaluation(s)
-    bar = tqdm(total=train.steps, initial=s.start_step, desc=model_name, unit="step",
+    bar = tqdm(total=train.steps, initial=s.start_step, desc=s.run_name, unit="step",
                disable=not s.is_main)
     status, completed = "FAILED", s.start_step
     s.window.restart_clock()

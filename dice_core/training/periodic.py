@@ -71,7 +71,7 @@ class Evaluation:
 
     def _metrics(self, step: int) -> None:
         s = self.s
-        self.evaluator = self.evaluator or Evaluator(s.manifest, self.config, s.seed)
+        self.evaluator = self.evaluator or Evaluator(s.manifest, self.config, s.sampling_seed)
         folder = s.run_dir / "eval" / f"step-{step:07d}"
         metrics = self.evaluator(s.ema.module, folder)
         s.tracker.log_metrics({f"eval/{key}": value for key, value in metrics.items()
@@ -84,7 +84,7 @@ class Evaluation:
         self.grid_decoder = self.grid_decoder or decoder_for(s.manifest, str(s.device))
         grid = image_grid(sample_images(
             s.ema.module, self.grid_decoder, count=GRID_SAMPLES, num_classes=s.num_classes,
-            seed=s.seed, latent_shape=tuple(s.manifest["latent_shape"]),
+            seed=s.sampling_seed, latent_shape=tuple(s.manifest["latent_shape"]),
             sampler=self.config.sampler, steps=self.config.steps,
             cfg_scale=self.config.cfg_scales[0], guidance_channels=self.config.guidance_channels))
         s.tracker.log_image(grid, f"samples/step-{step:07d}.png")
@@ -106,7 +106,7 @@ def save_checkpoint(s: Session, done: int, loss: float | None) -> None:
 def divergence(s: Session, step: int) -> NonFiniteLoss:
     """The error that stops a diverged run, after rolling its checkpoints back to the newest
     healthy one (the later ones move to checkpoints/diverged/)."""
-    problem = (f"{s.model_name}: {s.guard.streak} optimiser steps in a row had a non-finite "
+    problem = (f"{s.run_name}: {s.guard.streak} optimiser steps in a row had a non-finite "
                f"loss or gradient (up to step {step + 1}); stopped.")
     healthy = s.store.roll_back_to_healthy()
     if healthy is None:
@@ -129,16 +129,16 @@ def interruption(s: Session, completed: int) -> str:
     """Where an interrupted run stopped and how it goes on."""
     latest = s.store.latest()
     if latest is None:
-        return (f"{s.model_name}: interrupted at step {completed}, before its first "
+        return (f"{s.run_name}: interrupted at step {completed}, before its first "
                 "checkpoint; the same command starts it afresh")
-    return (f"{s.model_name}: interrupted at step {completed}; the last checkpoint is "
+    return (f"{s.run_name}: interrupted at step {completed}; the last checkpoint is "
             f"{s.store.folder / latest['tag']} (step {latest['step']}), from which the same "
             "command (or dvc repro) resumes it")
 
 
 def finish(s: Session, status: str, completed: int) -> dict:
     """Closes the run's records (summary.json, MLflow, emissions) and returns the summary."""
-    summary = {"model": s.model_name, "steps": completed, "status": status,
+    summary = {"model": s.model_name, "seed": s.seed, "steps": completed, "status": status,
                "run_dir": str(s.run_dir), "run_id": s.tracker.run_id}
     if s.emissions:
         totals = s.emissions.stop()

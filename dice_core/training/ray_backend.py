@@ -22,8 +22,8 @@ from .session import Placement
 
 
 def train_with_ray(job: TrainingJob, model_name: str, parent_run_id: str | None) -> dict:
-    """Trains ``model_name`` on Ray (resuming its run) and returns rank 0's summary. A worker's
-    error is raised here as the worker raised it."""
+    """Trains ``model_name`` with the job's training seed on Ray (resuming its run) and returns
+    rank 0's summary. A worker's error is raised here as the worker raised it."""
     train = job.train
     if train.ray_address is None:
         # Read when ray is first imported: a cluster started here then listens on 127.0.0.1.
@@ -40,7 +40,7 @@ def train_with_ray(job: TrainingJob, model_name: str, parent_run_id: str | None)
             scaling_config=ray.train.ScalingConfig(
                 num_workers=train.workers, use_gpu=wants_gpus(train.device)),
             run_config=ray.train.RunConfig(
-                name=model_name, storage_path=str(output / "ray"),
+                name=job.run_name(model_name), storage_path=str(output / "ray"),
                 checkpoint_config=checkpoint_config(train.keep_checkpoints)))
         try:
             trainer.fit()
@@ -49,7 +49,7 @@ def train_with_ray(job: TrainingJob, model_name: str, parent_run_id: str | None)
             if failure is None:
                 raise
             raise failure from error
-    return json.loads((output / model_name / "summary.json").read_text())
+    return json.loads((output / job.run_name(model_name) / "summary.json").read_text())
 
 
 @contextmanager
@@ -146,7 +146,7 @@ def train_loop_per_worker(config: dict) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(context.get_local_rank()))
 
-    run_dir = Path(job.train.output) / model_name
+    run_dir = Path(job.train.output) / job.run_name(model_name)
     if rank == 0:
         restore_checkpoint(ray.train.get_checkpoint(), run_dir,
                            newest_healthy(ray.train.get_all_reported_checkpoints()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dice_core.config import TrainingJob, TrainParams
+from dice_core.config import RunSpec, TrainingJob, TrainParams
 from dice_core.data import check_lanes, read_latent_manifest
 from dice_core.devices import pick_device
 from dice_core.errors import InputError
@@ -27,19 +27,22 @@ def preflight(train: TrainParams) -> None:
     check_lanes(train.data, train.workers, train.loader_workers)
 
 
-def train_models(job: TrainingJob, models: list[str]) -> list[dict]:
+def train_models(job: TrainingJob, runs: list[RunSpec]) -> list[dict]:
+    """Trains each (model, training seed) run in turn, as a child of the pipeline's run."""
     train = job.train
     preflight(train)
     parent = open_pipeline_run(job.tracking, train.output)
     summaries = []
     status = "FAILED"       # a child that fails fails its parent; a later run that
     try:                    # finishes them all marks the parent finished again
-        for name in models:
+        for run in runs:
+            seeded = job.seeded(run.seed)
             if train.backend == "ray":
                 from .ray_backend import train_with_ray
-                summaries.append(train_with_ray(job, name, parent.run_id))
+                summaries.append(train_with_ray(seeded, run.model, parent.run_id))
             else:
-                summaries.append(train_model(job, name, Placement(parent_run_id=parent.run_id)))
+                summaries.append(train_model(seeded, run.model,
+                                             Placement(parent_run_id=parent.run_id)))
         parent.log_metrics(pipeline_totals(train), step=0)
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -51,9 +54,9 @@ def train_models(job: TrainingJob, models: list[str]) -> list[dict]:
 
 
 def pipeline_totals(train: TrainParams) -> dict:
-    """Emissions summed over every model of train.models that has finished a run so far."""
+    """Emissions summed over every run of train.runs that has finished so far."""
     runs = []
-    for name in train.models:
+    for name in train.runs:
         path = Path(train.output) / name / "summary.json"
         if path.is_file():
             runs.append(json.loads(path.read_text()).get("emissions", {}))

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import torch
 
-from dice_core.config import EmissionsParams, TrackingParams, TrainingJob, TrainParams
+from dice_core.config import EmissionsParams, TrainingJob, TrainParams
 from dice_core.data import make_loader, read_latent_manifest
 from dice_core.devices import pick_device
 from dice_core.diffusion import create_diffusion
 from dice_core.durable import write_json_atomic
 from dice_core.ema import create_ema
-from dice_core.models import build_model, compile_model, get_preset
+from dice_core.models import build_model, compile_model, get_preset, variant_of
 from dice_core.models.provenance import data_identity, start_from
 from dice_core.tracking import EmissionsMeter, RunTracker
 
@@ -69,7 +69,17 @@ class Session:
 
     @property
     def seed(self) -> int:
+        """The training seed: initial weights, data order, diffusion inputs."""
+        return self.job.training_seed
+
+    @property
+    def sampling_seed(self) -> int:
+        """The evaluations' labels and noise: the same for every run."""
         return self.job.seed
+
+    @property
+    def run_name(self) -> str:
+        return self.job.run_name(self.model_name)
 
     @property
     def num_classes(self) -> int:
@@ -94,10 +104,10 @@ def open_session(job: TrainingJob, model_name: str, placement: Placement) -> Ses
     layout = batch_layout(train.global_batch, train.micro_batch, placement.world_size)
     device = placement.device or pick_device(train.device)
     precision = resolve_precision(train.precision, device)
-    run_dir = Path(train.output) / model_name
+    run_dir = Path(train.output) / job.run_name(model_name)
     run_dir.mkdir(parents=True, exist_ok=True)
     model, ema, optimizer, engine, ds_config = build_engine(
-        model_name, train, job.seed, manifest, layout, precision, device)
+        model_name, train, job.training_seed, manifest, layout, precision, device)
     signature = run_signature(model_name, model, job, precision, layout, placement, manifest)
     if placement.rank == 0:
         warn_if_short_of_room(run_dir, model, precision)
@@ -106,14 +116,15 @@ def open_session(job: TrainingJob, model_name: str, placement: Placement) -> Ses
     if placement.rank == 0:   # only now: a refused resume leaves the run folder's record as it was
         write_json_atomic(run_dir / "deepspeed_config.json", ds_config)
     start_step = state.get("step", 0)
-    tracker = open_tracker(job.tracking, model_name, run_dir, placement)
+    tracker = open_tracker(job, model_name, run_dir, placement)
     if start_step == 0:
         tracker.log_params(run_params(model_name, model, job, precision, layout, placement,
                                       manifest))
-    else:
+    else:   # a run folder from before training seeds (all seed 42) gains its tags here
+        tracker.set_tags(run_tags(job, model_name))
         record_resume_changes(tracker, state["signature"], signature, train.resume_changes,
                               start_step)
-    loader = make_loader(train.data, batch_size=layout.micro_batch, seed=job.seed,
+    loader = make_loader(train.data, batch_size=layout.micro_batch, seed=job.training_seed,
                          rank=placement.rank, world_size=placement.world_size,
                          num_workers=train.loader_workers,
                          start_batch=start_step * layout.accumulation)
@@ -161,7 +172,7 @@ def run_signature(model_name: str, model, job: TrainingJob, precision: str, layo
     return {"model": model_name, "model_config": model.preset_config,
             "precision": precision, "global_batch": layout.global_batch,
             "micro_batch": layout.micro_batch, "world_size": placement.world_size,
-            "seed": job.seed, "lr": train.lr, "weight_decay": train.weight_decay,
+            "seed": job.training_seed, "lr": train.lr, "weight_decay": train.weight_decay,
             "ema_decay": train.ema_decay, "ema_warmup": train.ema_warmup,
             "loader_workers": train.loader_workers, "data": manifest["params_hash"],
             "init_weights": train.init_weights}
@@ -178,19 +189,27 @@ def resume(store: CheckpointStore, engine, ema, optimizer: FiniteAdamW, signatur
     return state
 
 
-def open_tracker(tracking: TrackingParams, model_name: str, run_dir: Path,
+def run_tags(job: TrainingJob, model_name: str) -> dict:
+    """What the MLflow UI groups runs by: the model, its training seed and what it ablates."""
+    return {"model": model_name, "seed": str(job.training_seed),
+            "variant": variant_of(model_name), "family": get_preset(model_name).family}
+
+
+def open_tracker(job: TrainingJob, model_name: str, run_dir: Path,
                  placement: Placement) -> RunTracker:
+    """The run's MLflow child run, tagged when it is created."""
+    tracking = job.tracking
     return RunTracker(tracking.uri, tracking.experiment, run_dir / "tracking",
-                      run_name=model_name, parent_run_id=placement.parent_run_id,
-                      tags={"model": model_name, "family": get_preset(model_name).family},
-                      enabled=placement.rank == 0, retry_seconds=tracking.retry_seconds,
-                      once_per_step=True)
+                      run_name=job.run_name(model_name), parent_run_id=placement.parent_run_id,
+                      tags=run_tags(job, model_name), enabled=placement.rank == 0,
+                      retry_seconds=tracking.retry_seconds, once_per_step=True)
 
 
 def run_params(model_name: str, model, job: TrainingJob, precision: str, layout: BatchLayout,
                placement: Placement, manifest: dict) -> dict:
     return {"model": model_name, "model_config": model.preset_config,
-            "train": job.train.model_dump(), "seed": job.seed,
+            "train": job.train.model_dump(), "seed": job.training_seed,
+            "sampling_seed": job.seed,
             "precision": precision, "accumulation": layout.accumulation,
             "world_size": placement.world_size,
             "parameters": sum(p.numel() for p in model.parameters()),
