@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from dice_core.config import RESUMABLE_SETTINGS
+from dice_core.config import FIRST_TRAINING_SEED, RESUMABLE_SETTINGS
 from dice_core.durable import read_json, replace_atomically, reporting_full_disk, write_json_atomic
 from dice_core.errors import InputError
 from dice_core.faults import fault_point
@@ -73,6 +73,12 @@ def mismatch_message(folder: Path, run_dir: Path, problems: dict[str, str]) -> s
         message += ("\nThe training data changed since (new latents, another encoder or "
                     "autoencoder): these checkpoints were trained on other data and are not "
                     "mixed with it.")
+    if "seed" in problems:
+        message += ("\nIts training seed differs. A run folder from before training seeds "
+                    "(train.seeds) was trained with the top-level seed, and is adopted as the "
+                    f"run of seed {FIRST_TRAINING_SEED} only when that seed was "
+                    f"{FIRST_TRAINING_SEED}: rename it to <model>-s<its seed> and add its seed "
+                    "to train.seeds to keep it.")
     message += ("\nUse another train.output folder for this configuration, or delete "
                 f"{run_dir} to start this one afresh (then dvc repro train).")
     if set(problems) & set(RESUMABLE_SETTINGS):
