@@ -39,9 +39,10 @@ test: setup
 	$(BIN)/python -m pytest
 
 # The whole experiment: prepare, autoencoder, encode, reference, classifier, train@*,
-# evaluate@*, static, report, resuming or skipping what is already done.
+# evaluate@*, static, report, resuming or skipping what is already done. `dice runs` first
+# writes train.runs (one train and evaluate stage per model and seed) from params.yaml.
 repro: setup data-deps
-	@start=$$(date +%s); $(BIN)/dvc repro && $(BIN)/dice tracking flush && \
+	@start=$$(date +%s); $(BIN)/dice runs >/dev/null && $(BIN)/dvc repro && $(BIN)/dice tracking flush && \
 	report=$$($(BIN)/python -c "from dice_core.config import load_params; print(load_params().report.output)") && \
 	echo "make repro: finished in $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s; the report is $$report/report.md"
 
