@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> dict:
 
     figures = [curve(results, names["fd"], names["fd"], out / "fig11_fd_vs_step.png"),
                curve(results, names["is"], names["is"], out / "fig12_is_vs_step.png"),
-               bubbles(results, names["fd"], out / "fig13_throughput_vs_fd.png")]
+               bubbles(firsts, names["fd"], out / "fig13_throughput_vs_fd.png")]
     differences = paired_differences(claims, params.train.seeds, points, draws)
     sections = {"table1": table1(results, network), "table2": table2(firsts),
                 "claims": claims_section(claims, differences, RANKED, params.train.seeds),

@@ -73,9 +73,9 @@ def test_params_yaml_is_the_one_place_a_value_is_chosen():
 # A run's training seed is tracked as its own entry of train.runs (train.runs.${key}), not as
 # train.seeds or the job's training_seed, so that adding a seed trains only the new runs.
 TRAIN_STAGE_UNTRACKED = {
-    "train.models", "train.seeds", "training_seed", "train.log_every", "train.loader_workers", "train.ray_address",
-    "train.resume_changes", "evaluate.reference_split", "evaluate.reference_batch",
-    "evaluate.output", "tracking"}
+    "train.models", "train.seeds", "training_seed", "train.log_every", "train.loader_workers",
+    "train.ray_address", "train.resume_changes", "evaluate.reference_split",
+    "evaluate.reference_batch", "evaluate.output", "tracking"}
 
 
 def test_the_train_stage_tracks_every_setting_of_the_training_job_but_the_cadence_ones():
