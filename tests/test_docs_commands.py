@@ -384,7 +384,7 @@ def test_every_repository_path_named_exists():
 def test_every_make_target_and_dvc_stage_named_exists():
     targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    models = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["models"]
+    runs = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["runs"]
     problems = []
     for snippet, argv in COMMANDS:
         if argv[0] == "make":
@@ -393,8 +393,8 @@ def test_every_make_target_and_dvc_stage_named_exists():
         if Path(argv[0]).name == "dvc" and argv[1:2] == ["repro"]:
             for target in (a for a in argv[2:] if not a.startswith("-")):
                 name, _, item = target.partition("@")
-                known = name in stages and (not item or ("matrix" in stages[name]
-                                                         and item in models))
+                known = name in stages and (not item or ("foreach" in stages[name]
+                                                         and item in runs))
                 if not known:
                     problems.append(f"{snippet.where()}: dvc repro {target}: no such stage")
     assert not problems, "\n".join(problems)

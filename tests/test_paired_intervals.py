@@ -134,3 +134,22 @@ def test_the_claims_section_gives_difference_seeds_interval_verdict_and_chance()
                                "cannot be told apart |")
     assert "t interval over 2 training seeds" in text
     assert "2 comparisons at 95% give about 0.1 verdicts" in text
+
+
+def test_the_report_pairs_runs_by_training_seed_and_uses_the_bootstrap_only_for_one():
+    from pipelines.report import paired_differences
+    claims = paper_claims(["dice-t", "dit-t"])
+    points = {"dice-t": {"fd": 100.0}, "dit-t": {"fd": 110.0},
+              "dice-t-s1": {"fd": 104.0}, "dit-t-s1": {"fd": 111.0},
+              "dice-t-s2": {"fd": 90.0}}                  # dit-t-s2 was not evaluated
+    found = paired_differences(claims, [42, 1, 2], points, draws={})
+    fd = found["DICE beats DiT", "fd"]
+    assert fd.per_seed == (-10.0, -7.0) and fd.interval == seed_interval([-10.0, -7.0])
+    assert fd.method == "t interval over 2 training seeds"
+
+    draws = {"dice-t": {"fd": [99.0, 101.0, 100.5]}, "dit-t": {"fd": [111.0, 109.0, 110.0]}}
+    one = paired_differences(claims, [42], points, draws)["DICE beats DiT", "fd"]
+    assert one.per_seed == (-10.0,) and one.method.startswith("paired bootstrap")
+    assert one.interval == paired_bootstrap_interval(100.0, draws["dice-t"]["fd"], 110.0,
+                                                     draws["dit-t"]["fd"])
+    assert paired_differences(claims, [2], points, draws) == {}

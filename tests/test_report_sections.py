@@ -176,3 +176,18 @@ def test_too_few_samples_for_precision_recall_subsets_leave_those_intervals_out(
                                  reference, {"fd": 1.0, "precision": 0.5, "recall": 0.5},
                                  resamples=10, seed=0)
     assert "fd" in intervals and "precision" not in intervals and "recall" not in intervals
+
+
+def test_a_stage_time_is_recorded_under_its_dvc_stage_name_training_seed_included():
+    from argparse import Namespace
+
+    from pipelines.stage_times import stage_name
+    assert stage_name(Namespace(command="static")) == "static"
+    assert stage_name(Namespace(command="train", model=["dice-t"], training_seeds=None)) == \
+        "train@dice-t"
+    assert stage_name(Namespace(command="train", model=["dice-t"], training_seeds=[1])) == \
+        "train@dice-t-s1"
+    assert stage_name(Namespace(command="evaluate", model="dit-t", training_seed=42)) == \
+        "evaluate@dit-t"
+    assert stage_name(Namespace(command="evaluate", model="dit-t", training_seed=2)) == \
+        "evaluate@dit-t-s2"
