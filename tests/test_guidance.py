@@ -260,7 +260,7 @@ def test_metric_names_carry_the_scale_except_at_the_headline():
              "class_accuracy_cfg3": 0.9, "cfg_scale": 1.0, "cfg_scales": [1.0, 3.0]}
     table = table1([ModelResults("dit-t", final=final), ModelResults("old", final={
         "fd_effnet": 7.0})], "effnet")
-    assert "| model | cfg | is_effnet | fd_effnet |" in table
+    assert "| run | cfg | is_effnet | fd_effnet |" in table
     assert "| dit-t | 1 | - | 5.00 | - | - | - | 0.50 |" in table
     assert "| dit-t | 3 | - | 3.00 | - | - | - | 0.90 |" in table
     assert "| old | 1 | - | 7.00 |" in table        # from before guidance: unguided
