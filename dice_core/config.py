@@ -306,7 +306,7 @@ class Params(Section):
 class TrainingJob(Section):
     """What training reads, and all it reads: the sections the train stage's ``params:`` in
     dvc.yaml are taken from. ``seed`` is the sampling seed of the evaluations (the same for
-    every run, so that they are paired); ``training_seed`` is the run's own (``for_run``)."""
+    every run, so that they are paired); ``training_seed`` is the run's own (``seeded``)."""
     seed: int
     training_seed: int = FIRST_TRAINING_SEED
     train: TrainParams
@@ -328,6 +328,10 @@ class TrainingJob(Section):
 
     def run_name(self, model: str) -> str:
         return run_name(model, self.training_seed)
+
+    def run_dir(self, model: str) -> Path:
+        """The run folder of ``model`` trained with this job's training seed."""
+        return Path(self.train.output) / self.run_name(model)
 
 
 class ParamsError(InputError):

@@ -7,8 +7,6 @@ two timed as ``time/eval_s`` and ``time/checkpoint_s``, outside the steps' throu
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from tqdm.auto import tqdm
 
 from dice_core.config import TrainingJob
@@ -39,8 +37,7 @@ def train_model(job: TrainingJob, model_name: str, placement: Placement | None =
     job = job.for_model(model_name)
     # before the engine and the MLflow run: too many loader lanes for the shards is refused now
     check_lanes(job.train.data, placement.world_size, job.train.loader_workers)
-    run_dir = Path(job.train.output) / job.run_name(model_name)
-    with RunFolderLock(run_dir, enabled=placement.rank == 0):
+    with RunFolderLock(job.run_dir(model_name), enabled=placement.rank == 0):
         return _train(job, model_name, placement)
 
 

@@ -146,7 +146,7 @@ def train_loop_per_worker(config: dict) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(context.get_local_rank()))
 
-    run_dir = Path(job.train.output) / job.run_name(model_name)
+    run_dir = job.run_dir(model_name)
     if rank == 0:
         restore_checkpoint(ray.train.get_checkpoint(), run_dir,
                            newest_healthy(ray.train.get_all_reported_checkpoints()))

@@ -104,7 +104,7 @@ def open_session(job: TrainingJob, model_name: str, placement: Placement) -> Ses
     layout = batch_layout(train.global_batch, train.micro_batch, placement.world_size)
     device = placement.device or pick_device(train.device)
     precision = resolve_precision(train.precision, device)
-    run_dir = Path(train.output) / job.run_name(model_name)
+    run_dir = job.run_dir(model_name)
     run_dir.mkdir(parents=True, exist_ok=True)
     model, ema, optimizer, engine, ds_config = build_engine(
         model_name, train, job.training_seed, manifest, layout, precision, device)
