@@ -89,7 +89,7 @@ def test_compiled_dice_matches_eager_in_sampling_and_in_training():
     """torch.compile (compile_model, as train.compile and evaluate.compile use it) with
     perturbed weights agrees with eager within 1e-5 relative, and so do its gradients within
     1e-4: the compiled backward runs the depthwise backward op (8x8) and the dense hands
-    (4x4). Two stages of one block keep the three compiles short (about 90 s here)."""
+    (4x4). Two stages of one block keep the three compiles short."""
     from dice_core.models import compile_model
     model = build_model("dice-t", input_size=8, in_channels=4, num_classes=10,
                         width_multipliers=(1, 2), depths=(1, 1))
