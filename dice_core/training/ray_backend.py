@@ -49,7 +49,7 @@ def train_with_ray(job: TrainingJob, model_name: str, parent_run_id: str | None)
             if failure is None:
                 raise
             raise failure from error
-    return json.loads((output / job.run_name(model_name) / "summary.json").read_text())
+    return json.loads((job.run_dir(model_name) / "summary.json").read_text())
 
 
 @contextmanager
