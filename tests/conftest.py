@@ -27,8 +27,8 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-    """Files with the most slow tests first, so that xdist's workers (one file each at a time)
-    do not end with one of them still on a long file."""
+    """Files with the most slow tests first, so that xdist's workers (one file each at a time,
+    in this order: --no-loadscope-reorder) do not end with one of them still on a long file."""
     slow = {}
     for item in items:
         slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
