@@ -1,12 +1,12 @@
-"""The report's training curves: drawn for the runs that logged the metric, and a clear
-"nothing yet" (not an empty legend and matplotlib's warning) where none did."""
+"""The report's training curves: written for the runs that logged the metric, and without an
+empty legend (and matplotlib's warning about it) where none did."""
 import warnings
 
 from dice_core.reporting.collect import ModelResults
 from dice_core.reporting.figures import curve
 
 
-def test_a_curve_draws_what_was_logged_and_says_so_when_nothing_was(tmp_path):
+def test_a_curve_is_written_with_or_without_logged_points_and_no_empty_legend(tmp_path):
     results = [ModelResults("dit-t", history=[(1, {"eval/fd_effnet": 3.0}),
                                               (2, {"eval/fd_effnet": 2.5})]),
                ModelResults("dice-t")]

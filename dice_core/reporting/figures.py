@@ -16,16 +16,14 @@ from .collect import ModelResults  # noqa: E402
 
 def curve(results: list[ModelResults], key: str, label: str, path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(6, 4))
-    plotted = False
     for r in results:
         points = [(step, metrics[key]) for step, metrics in r.history if key in metrics]
         if points:
             axes.plot(*zip(*points), marker="o", label=r.run)
-            plotted = True
     axes.set_xlabel("training step")
     axes.set_ylabel(label)
     axes.grid(alpha=0.3)
-    if plotted:
+    if axes.lines:
         axes.legend()
     else:
         axes.text(0.5, 0.5, f"no {label} logged yet", ha="center", va="center",
